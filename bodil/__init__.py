@@ -1,0 +1,38 @@
+"""bodil: Bayesian inference for PDE inverse problems by Optimizing a DIscrete Loss (B-ODIL).
+
+    log p(u, theta | D) = log p(D | u, theta) - beta L_PDE(u, theta) + log p(theta) + const
+
+Importing bodil changes no global state: enable float64 yourself (``jax.config.update("jax_enable_x64",
+True)``) where Hessians or tight tolerances need it; bodil takes its dtypes from the inputs.
+"""
+
+from . import likelihood, residuals, stencil, terms
+from .grid import Grid, LinearInterpolator
+from .likelihood import Bernoulli, Gaussian, IntervalHinge, ThreeClassSigmoid
+from .optimize import MAPResult, Report, map_estimate
+from .posterior import Posterior
+from .prior import LogNormal, Normal, Params, PDEPrior, Uniform
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Bernoulli",
+    "Gaussian",
+    "Grid",
+    "IntervalHinge",
+    "LinearInterpolator",
+    "LogNormal",
+    "MAPResult",
+    "Normal",
+    "PDEPrior",
+    "Params",
+    "Posterior",
+    "Report",
+    "ThreeClassSigmoid",
+    "Uniform",
+    "likelihood",
+    "map_estimate",
+    "residuals",
+    "stencil",
+    "terms",
+]

@@ -1,0 +1,13 @@
+"""The benchmark problems of seed 003 (sec. 3.1-3.3), built with their synthetic data.
+
+Each builder returns a :class:`Problem`: the posterior, a starting point and the truth used to make the data.
+They serve the demo, the tests, the notebooks and the benchmarks alike.
+"""
+
+from .diffusion import diffusion_1d
+from .oscillator import oscillator
+from .problem import Problem
+from .reaction_diffusion import random_diffusivity, reaction_diffusion_2d, reaction_diffusion_3d
+
+__all__ = ["Problem", "diffusion_1d", "oscillator", "random_diffusivity", "reaction_diffusion_2d",
+           "reaction_diffusion_3d"]

@@ -1,0 +1,223 @@
+"""Matrix-free Gauss-Newton-Krylov MAP solver.
+
+With ``f(x) = 0.5 |R(x)|^2 + S(x)`` (least-squares blocks ``R`` and scalar blocks ``S``), each iteration
+
+1. linearises ``R`` at ``x`` (``jax.linearize``) and forms ``g = J^T R + grad S``;
+2. solves ``(J^T J + H_S + mu I) p = -g`` by truncated preconditioned CG, where ``J p`` is a ``jvp``,
+   ``J^T q`` its transpose and ``H_S p`` a forward-over-reverse Hessian-vector product
+   (``curvature="exact"`` uses the exact Hessian instead: Newton-Krylov). No matrix is ever formed;
+3. backtracks along ``p`` until the Armijo condition ``f(x + t p) <= f(x) + c t g.p`` holds.
+
+The CG tolerance follows the forcing sequence ``eta_k = min(eta_max, sqrt(|g_k| / |g_0|))``: loose far from
+the solution, tight near it. For a quadratic ``f`` (linear residuals, Gaussian data) pass ``eta_max=0`` so
+the first CG solve runs to ``cg_rtol`` and one step lands on the minimiser.
+
+Preconditioners (``preconditioner=``): ``"auto"`` picks the time-marching preconditioner of
+:mod:`bodil.optimize.preconditioner` for Crank-Nicolson reaction-diffusion fields (exact inverse of the PDE
+and initial-condition curvature) when only the field moves, and none otherwise; ``"jacobi"``, ``"time-marching"``, ``None`` or a
+callable ``(objective, x, matvec) -> (r -> P r)`` choose explicitly.
+
+With ``fix_theta=True`` only the field moves (the parameters stay at their starting values): the inner solve
+of the profile strategy (:mod:`bodil.optimize.profile`) and of the mode approximation.
+
+Stops when ``|g|_inf <= gtol``; when the decrease predicted by a converged CG step, ``-g.p`` (the Newton
+decrement), or the actual decrease is below ``ftol * max(|f|, 1)``; when ``f <= target_loss``; or after
+``max_iter`` iterations.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+from .cg import truncated_cg
+from .objective import Objective
+from .preconditioner import applies_time_marching, block_jacobi_preconditioner, time_marching_preconditioner
+from .result import Report
+
+PRECONDITIONERS = ("auto", "time-marching", "jacobi", None)
+
+
+class GNStep(NamedTuple):
+    x: jax.Array
+    loss: jax.Array
+    new_loss: jax.Array
+    grad_inf: jax.Array
+    step_size: jax.Array
+    accepted: jax.Array
+    cg_iterations: jax.Array
+    cg_converged: jax.Array
+    negative_curvature: jax.Array
+    linesearch_evals: jax.Array
+    predicted_decrease: jax.Array
+
+
+class GaussNewton:
+    """A compiled Gauss-Newton-Krylov solver for one :class:`Objective`; :meth:`run` may be called many
+    times (warm starts, profile and mode-approximation loops) without recompiling."""
+
+    def __init__(self, obj: Objective, *, curvature: str = "gauss-newton", damping: float = 0.0,
+                 cg_maxiter: int = 500, cg_rtol: float = 1e-10, eta_max: float = 0.1, max_backtracks: int = 30,
+                 armijo: float = 1e-4, preconditioner="auto"):
+        if curvature not in ("gauss-newton", "exact"):
+            raise ValueError(f"gauss_newton: curvature must be 'gauss-newton' or 'exact', got {curvature!r}.")
+        if not (preconditioner in PRECONDITIONERS or callable(preconditioner)):
+            raise ValueError(f"gauss_newton: preconditioner must be one of {PRECONDITIONERS} or a callable, "
+                             f"got {preconditioner!r}.")
+        self.obj, self.curvature = obj, curvature
+        self.options = dict(damping=damping, cg_maxiter=cg_maxiter, cg_rtol=cg_rtol, eta_max=eta_max,
+                            max_backtracks=max_backtracks, armijo=armijo)
+        self.preconditioner = preconditioner
+        self._steps = {fix: jax.jit(self._make_step(fix)) for fix in (False, True)}
+        self._grad = jax.jit(jax.grad(obj.value))
+        u, _ = obj.unravel(obj.x0)
+        self.n_field = sum(leaf.size for leaf in jax.tree.leaves(u))
+
+    def uses_time_marching(self) -> bool:
+        """Whether the time-marching preconditioner is in use for this problem."""
+        return self.preconditioner in ("auto", "time-marching") and applies_time_marching(self.obj)
+
+    def _make_step(self, fix_theta: bool):
+        obj, opts = self.obj, self.options
+        residual, scalar, value = obj.residual, obj.scalar, obj.value
+        damping, armijo = opts["damping"], opts["armijo"]
+
+        def step(x, g0_norm):
+            mask = (jnp.arange(x.size) < self.n_field).astype(x.dtype) if fix_theta else None
+            project = (lambda v: v * mask) if fix_theta else (lambda v: v)
+            r, jvp = jax.linearize(residual, x)
+            vjp = jax.linear_transpose(jvp, x)
+            s_val, s_grad = jax.value_and_grad(scalar)(x)
+            loss = 0.5 * sum(jnp.sum(jnp.square(v)) for v in jax.tree.leaves(r)) + s_val
+            g = project(vjp(r)[0] + s_grad)
+            g_norm = jnp.linalg.norm(g)
+
+            if self.curvature == "exact":
+                def curvature(p):
+                    return jax.jvp(jax.grad(value), (x,), (p,))[1]
+            else:
+                def curvature(p):
+                    return vjp(jvp(p))[0] + jax.jvp(jax.grad(scalar), (x,), (p,))[1]
+
+            def matvec(p):
+                return project(curvature(project(p))) + damping * p
+
+            eta = jnp.minimum(opts["eta_max"], jnp.sqrt(g_norm / jnp.maximum(g0_norm, jnp.finfo(x.dtype).tiny)))
+            tol = jnp.maximum(eta, opts["cg_rtol"]) * g_norm
+            precondition = None
+            # In a joint solve with parameters the time-marching block inverse is no better than none (measured);
+            # "auto" uses it for field-only solves.
+            joint_with_theta = not fix_theta and self.n_field < x.size
+            if self.preconditioner == "time-marching" or (self.preconditioner == "auto" and not joint_with_theta):
+                precondition = time_marching_preconditioner(obj, x, matvec, fix_theta=fix_theta)
+                if precondition is None and self.preconditioner == "time-marching":
+                    raise ValueError("gauss_newton: the time-marching preconditioner needs a single field on a "
+                                     "space-time grid, a reaction_diffusion residual and an initial condition.")
+            elif self.preconditioner == "jacobi":
+                precondition = block_jacobi_preconditioner(obj, x, matvec)
+            elif callable(self.preconditioner):
+                precondition = self.preconditioner(obj, x, matvec)
+            p, info = truncated_cg(matvec, -g, tol, opts["cg_maxiter"], precondition)
+            p = project(p)
+            slope = jnp.vdot(g, p)
+
+            def ls_cond(state):
+                t, f_new, k = state
+                ok = jnp.isfinite(f_new) & (f_new <= loss + armijo * t * slope)
+                return ~ok & (k < opts["max_backtracks"])
+
+            def ls_body(state):
+                t, _, k = state
+                t = 0.5 * t
+                return t, value(x + t * p), k + 1
+
+            t, f_new, k = jax.lax.while_loop(ls_cond, ls_body,
+                                             (jnp.ones((), x.dtype), value(x + p), jnp.zeros((), jnp.int32)))
+            accepted = jnp.isfinite(f_new) & (f_new <= loss + armijo * t * slope) & (slope < 0)
+            x_new = jnp.where(accepted, x + t * p, x)
+            return GNStep(x_new, loss, jnp.where(accepted, f_new, loss), jnp.max(jnp.abs(g)), t, accepted,
+                          info.iterations, info.residual_norm <= tol, info.negative_curvature, k + 1, -slope)
+
+        return step
+
+    def run(self, x0=None, *, fix_theta: bool = False, max_iter: int = 100, gtol: float = 1e-6,
+            ftol: float | None = None, target_loss: float | None = None, progress: bool = False):
+        """Iterate from ``x0`` (default: the objective's start); returns ``(x, Report)``."""
+        obj = self.obj
+        x = obj.x0 if x0 is None else x0
+        if ftol is None:
+            ftol = 1e-12 if x.dtype == jnp.float64 else 1e-6
+        step = self._steps[bool(fix_theta)]
+        start = time.perf_counter()
+        g0 = self._grad(x)
+        if fix_theta:
+            g0 = g0.at[self.n_field:].set(0.0)
+        g0_norm = jnp.linalg.norm(g0)
+        history, cg_its = [], []
+        n_fun = n_jvp = n_vjp = 0
+        n_grad = 1
+        converged, message = False, "maximum number of iterations reached"
+        it = 0
+        g_inf = float(jnp.max(jnp.abs(g0)))
+        if g_inf <= gtol:
+            converged, message = True, "gradient norm below gtol at the start"
+        with tqdm(total=max_iter, desc="gauss-newton", disable=not progress, leave=False) as bar:
+            while not converged and it < max_iter:
+                out = step(x, g0_norm)
+                it += 1
+                k = int(out.cg_iterations)
+                cg_its.append(k)
+                n_jvp += k + 1
+                n_vjp += k + 1
+                n_grad += 1
+                n_fun += int(out.linesearch_evals)
+                loss, new_loss = float(out.loss), float(out.new_loss)
+                g_inf = float(out.grad_inf)
+                history.append(loss)
+                bar.update(1)
+                bar.set_postfix(loss=f"{new_loss:.6g}", cg=k)
+                if g_inf <= gtol:
+                    converged, message = True, "gradient norm below gtol"
+                    x = out.x
+                    break
+                if bool(out.cg_converged) and float(out.predicted_decrease) <= ftol * max(abs(loss), 1.0):
+                    converged, message = True, "predicted decrease below ftol (Newton decrement)"
+                    x = out.x
+                    break
+                if not bool(out.accepted):
+                    message = "line search failed to decrease the loss"
+                    break
+                x = out.x
+                if target_loss is not None and new_loss <= target_loss:
+                    converged, message = True, "target loss reached"
+                    break
+                if loss - new_loss <= ftol * max(abs(new_loss), 1.0) and bool(out.cg_converged):
+                    converged, message = True, "relative loss change below ftol"
+                    break
+        g_final = self._grad(x)
+        if fix_theta:
+            g_final = g_final.at[self.n_field:].set(0.0)
+        n_grad += 1
+        x.block_until_ready()
+        wall = time.perf_counter() - start
+        final = float(obj.value(x))
+        history.append(final)
+        report = Report(method="gauss-newton" if self.curvature == "gauss-newton" else "newton-krylov",
+                        converged=converged, message=message, iterations=it, loss=final,
+                        loss_terms=obj.parts(x), grad_norm=float(jnp.max(jnp.abs(g_final))), wall_time=wall,
+                        evaluations={"fun": n_fun, "grad": n_grad, "jvp": n_jvp, "vjp": n_vjp},
+                        history=np.asarray(history), extra={"cg_iterations": cg_its})
+        return x, report
+
+
+def gauss_newton(obj: Objective, *, max_iter: int = 100, gtol: float = 1e-6, ftol: float | None = None,
+                 target_loss: float | None = None, fix_theta: bool = False, progress: bool = False, **options):
+    """Run Gauss-Newton-Krylov from ``obj.x0``; returns ``(x, Report)``. See the module docstring."""
+    solver = GaussNewton(obj, **options)
+    return solver.run(max_iter=max_iter, gtol=gtol, ftol=ftol, target_loss=target_loss, fix_theta=fix_theta,
+                      progress=progress)
