@@ -1,0 +1,141 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.flatten_util import ravel_pytree
+
+import bodil
+from bodil import Grid, Params, PDEPrior, Posterior, residuals
+from bodil.cases import oscillator, reaction_diffusion_2d
+from bodil.optimize import Objective
+from bodil.optimize.cg import truncated_cg
+from bodil.optimize.preconditioner import time_marching_preconditioner
+
+
+def dense_least_squares(problem):
+    """The oscillator loss is 0.5 |R(x)|^2 with R affine: solve the normal equations densely."""
+    obj = Objective(problem.posterior, problem.u0, problem.theta0)
+    x0 = obj.x0
+    r0, _ = ravel_pytree(obj.residual(x0))
+    jac = jax.jacfwd(lambda x: ravel_pytree(obj.residual(x))[0])(x0)
+    a, b = np.asarray(jac), np.asarray(r0)
+    step = np.linalg.solve(a.T @ a, -a.T @ b)
+    return obj.position(x0 + step)[0]
+
+
+def test_oscillator_gauss_newton_hits_the_exact_least_squares_solution():
+    problem = oscillator(dtype=jnp.float64)
+    exact = dense_least_squares(problem)
+    fit = bodil.map_estimate(problem.posterior, problem.u0, problem.theta0, method="gauss-newton", eta_max=0.0,
+                             cg_maxiter=1000, gtol=1e-10)
+    assert fit.report.iterations <= 2
+    for k in ("x", "v"):
+        rel = np.linalg.norm(fit.u[k] - exact[k]) / np.linalg.norm(exact[k])
+        assert rel < 1e-8, (k, rel)
+    assert fit.report.converged
+    assert set(fit.report.loss_terms) == {"pde", "data"}
+
+
+def test_solvers_agree_on_the_oscillator_with_unknown_frequency():
+    problem = oscillator(infer_omega=True, dtype=jnp.float64)
+    fits = {m: bodil.map_estimate(problem.posterior, problem.u0, problem.theta0, method=m, gtol=1e-7)
+            for m in ("gauss-newton", "newton-krylov", "lbfgs")}
+    ref = fits["gauss-newton"]
+    assert ref.report.converged and 0.9 < float(ref.theta["omega2"]) < 1.2
+    for m, fit in fits.items():
+        assert fit.report.loss == pytest.approx(ref.report.loss, rel=1e-8, abs=1e-7), m
+        assert float(fit.theta["omega2"]) == pytest.approx(float(ref.theta["omega2"]), rel=1e-5), m
+        np.testing.assert_allclose(fit.u["x"], ref.u["x"], atol=1e-5)
+    # the gradient is zero at the MAP of the joint posterior
+    g = jax.grad(lambda u, th: problem.posterior.log_density(u, th), argnums=(0, 1))(ref.u, ref.theta)
+    assert max(float(jnp.max(jnp.abs(v))) for v in jax.tree.leaves(g)) < 1e-5
+
+
+def test_adam_recipe_halves_the_learning_rate_on_plateaus():
+    from bodil.optimize import adam_recipe
+
+    opt = adam_recipe()  # lr 1e-3, halve after 50 epochs without progress, min 1e-4
+    x = jnp.full(3, 1e-2)
+
+    def step(carry, _):
+        x, state = carry
+        loss, g = jax.value_and_grad(lambda v: 1.0 + jnp.sum(v**2))(x)
+        updates, state = opt.update(g, state, x, value=loss)
+        return (x + updates, state), state[1].scale
+
+    _, scales = jax.lax.scan(step, (x, opt.init(x)), None, length=1500)
+    scales = np.asarray(scales)
+    assert scales[0] == 1.0 and scales[-1] == pytest.approx(0.1)  # floored at 1e-4 / 1e-3
+    seen = sorted(set(np.round(scales, 12)), reverse=True)
+    assert seen == [1.0, 0.5, 0.25, 0.125, 0.1]
+    first_drop = int(np.argmax(scales < 1.0))
+    assert first_drop >= 50  # never before 50 epochs have passed
+
+
+def test_adam_map_estimate_reports_epochs():
+    problem = oscillator(infer_omega=True, dtype=jnp.float64)
+    fit = bodil.map_estimate(problem.posterior, problem.u0, problem.theta0, method="adam", epochs=1000)
+    rep = fit.report
+    assert rep.iterations == 1000 and rep.evaluations == {"fun": 1000, "grad": 1000}
+    assert rep.history[-1] < 0.1 * rep.history[0]
+
+
+def test_report_and_errors():
+    problem = oscillator(dtype=jnp.float64)
+    fit = bodil.map_estimate(problem.posterior, problem.u0, method="lbfgs", max_iter=5)
+    assert not fit.report.converged and "NOT converged" in str(fit.report)
+    with pytest.raises(ValueError, match="unknown method"):
+        bodil.map_estimate(problem.posterior, problem.u0, method="sgd")
+    with pytest.raises(ValueError, match="has shape"):
+        bodil.map_estimate(problem.posterior, {"x": jnp.zeros(3), "v": jnp.zeros(3)})
+
+
+def test_truncated_cg_solves_spd_and_stops_on_negative_curvature():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(20, 20))
+    spd = jnp.asarray(a @ a.T + 20 * np.eye(20))
+    b = jnp.asarray(rng.normal(size=20))
+    x, info = truncated_cg(lambda v: spd @ v, b, 1e-12, 100)
+    np.testing.assert_allclose(spd @ x, b, atol=1e-9)
+    assert not bool(info.negative_curvature)
+    indefinite = jnp.diag(jnp.asarray([1.0, -1.0]))
+    x, info = truncated_cg(lambda v: indefinite @ v, jnp.asarray([0.0, 1.0]), 1e-12, 10)
+    assert bool(info.negative_curvature)
+    np.testing.assert_allclose(x, [0.0, 1.0])  # falls back to the right-hand side (steepest descent)
+
+
+@pytest.mark.parametrize("layout, rho", [("periodic", 0.0), ("cell", 8.0)])
+def test_time_marching_preconditioner_inverts_the_pde_and_ic_curvature(layout, rho):
+    grid = Grid((9, 8, 6), 0.0, (0.5, 1.0, 1.0), ("t", "x", "y"), ("node", layout, layout))
+    d = jnp.asarray(np.random.default_rng(2).uniform(0.005, 0.1, size=(8, 6)))
+    prior = PDEPrior(residuals.fisher_kpp(d, rho), grid, 10.0, initial=residuals.gaussian_bump(("x0", "y0"), 0.1),
+                     beta_initial=100.0, reduction="sum")
+    post = Posterior(prior, None, Params(x0=0.5, y0=0.5))
+    u0 = jnp.asarray(np.random.default_rng(1).uniform(size=grid.shape))
+    obj = Objective(post, u0, {})
+    x = obj.x0
+    _, jvp = jax.linearize(obj.residual, x)
+    vjp = jax.linear_transpose(jvp, x)
+
+    def matvec(p):
+        return vjp(jvp(p))[0]
+
+    precondition = time_marching_preconditioner(obj, x, matvec)
+    b = jnp.asarray(np.random.default_rng(0).normal(size=x.size))
+    rel = jnp.linalg.norm(precondition(matvec(b)) - b) / jnp.linalg.norm(b)
+    assert float(rel) < 1e-7
+
+
+def test_reaction_diffusion_map_recovers_the_initial_position():
+    """Seed 003 sec. 3.3, case 1, sigma = 0.05, 64 x 64 x 129; start at the centre of the 1-pixels."""
+    problem = reaction_diffusion_2d(case=1, sigma=0.05, n=64, nt=129, dtype=jnp.float64)
+    truth = np.array([2 / 3, 1 / 3])
+    start = np.array([float(problem.theta0["x0"]), float(problem.theta0["y0"])])
+    fit = bodil.map_estimate(problem.posterior, problem.u0, problem.theta0, method="gauss-newton")
+    found = np.array([float(fit.theta["x0"]), float(fit.theta["y0"])])
+    assert fit.report.converged, fit.report
+    assert fit.report.method == "gauss-newton (profile)"
+    h = 1 / 64
+    assert np.linalg.norm(found - truth) < 1.5 * h, (found, start)
+    assert np.linalg.norm(found - truth) < np.linalg.norm(start - truth)
+    assert fit.report.loss < problem.posterior.log_density(problem.u0, problem.theta0) * -1
