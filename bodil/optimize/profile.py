@@ -37,7 +37,8 @@ def profile_gauss_newton(obj: Objective, *, max_iter: int = 50, gtol: float = 1e
         max_iter: outer L-BFGS-B iterations.
         gtol: tolerance on the largest reduced-gradient component (outer) and on the field gradient.
         ftol: relative tolerance on the outer loss change (default ``1e-12`` in float64, ``1e-6`` else).
-        inner_max_iter, inner_gtol: the inner Gauss-Newton solve (``inner_gtol`` defaults to ``gtol``).
+        inner_max_iter: iteration limit of each inner Gauss-Newton solve.
+        inner_gtol: gradient tolerance of the inner solves (defaults to ``gtol``).
         outer_step: length, in unconstrained units, of L-BFGS-B's first trial step (it rescales the
             parameters by ``1 / outer_step``). Warm starts only help when the parameters move a little at a
             time; the default moves a logit-transformed position by about 1% of its range.
