@@ -1,6 +1,6 @@
 """Uniform structured grids over space-time.
 
-A :class:`Grid` names its axes, knows their bounds and how points sit on each axis:
+A ``Grid`` names its axes, knows their bounds and how points sit on each axis:
 
 ``"node"``
     ``n`` points including both ends: ``x_i = lower + i h``, ``h = (upper - lower) / (n - 1)``.
@@ -155,7 +155,7 @@ class Grid:
                 by default. Remaining axes of the field are kept: the result has shape ``(m, *rest)``.
 
         Returns:
-            A :class:`LinearInterpolator`, a function ``u -> values`` with precomputed indices and weights.
+            A ``LinearInterpolator``, a function ``u -> values`` with precomputed indices and weights.
         """
         axes = [self.axis(a) for a in axes] if axes is not None else list(range(self.ndim))
         if axes != list(range(len(axes))):

@@ -1,11 +1,11 @@
 """Likelihoods ``p(D | u, theta)`` linking the field to data (seed 003 eq. 6, 20-21, 30-31, 36).
 
 Each likelihood takes an ``observe(u, theta) -> predictions`` function (``None`` means the field itself,
-:meth:`bodil.Grid.interpolator` gives linear interpolation at scattered points) and reports its share of
-``-log p`` as blocks (:mod:`bodil.terms`). ``log_prob(u, theta)`` is the normalised log-likelihood.
+``bodil.Grid.interpolator`` gives linear interpolation at scattered points) and reports its share of
+``-log p`` as blocks (``bodil.terms``). ``log_prob(u, theta)`` is the normalised log-likelihood.
 
-Tumour segmentations use integer classes per voxel: :data:`HEALTHY` = 0, :data:`EDEMA` = 1 (visible
-tumour, "glioma" in eq. 31), :data:`CORE` = 2 (necrotic/enhancing core) and :data:`IGNORE` = -1 (not
+Tumour segmentations use integer classes per voxel: ``HEALTHY`` = 0, ``EDEMA`` = 1 (visible
+tumour, "glioma" in eq. 31), ``CORE`` = 2 (necrotic/enhancing core) and ``IGNORE`` = -1 (not
 observed, for example outside the brain).
 """
 
@@ -137,7 +137,7 @@ class IntervalHinge(Likelihood):
     """GliODIL's interval likelihood, eq. 30-31:
     ``log p = (1 / sigma) sum_i [min(u_i - lo_i, 0) + min(0, up_i - u_i)]``
 
-    with ``(lo_i, up_i)`` from the voxel's class (:func:`interval_bounds`). ``tau_lo``/``tau_up`` may be numbers
+    with ``(lo_i, up_i)`` from the voxel's class (``interval_bounds``). ``tau_lo``/``tau_up`` may be numbers
     or parameter names (inferred thresholds, ``0 < tau_lo < tau_up < 1``). Unnormalised, as in GliODIL.
     """
 

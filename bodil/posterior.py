@@ -4,9 +4,9 @@
                           + log p(theta) + const.
 
 Positions are pairs ``(u, theta)``: ``u`` a pytree of arrays (usually one array on the grid), ``theta`` a
-dict of the inferred parameters. Fixed parameters from :class:`~bodil.Params` are merged in before the
+dict of the inferred parameters. Fixed parameters from ``bodil.Params`` are merged in before the
 residuals and likelihoods see theta. For optimisers and samplers the inferred parameters are moved to
-unconstrained space, ``z = T^{-1}(theta)``; :meth:`Posterior.potential` includes ``log |det dT/dz|``.
+unconstrained space, ``z = T^{-1}(theta)``; ``Posterior.potential`` includes ``log |det dT/dz|``.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import jax.numpy as jnp
+import numpy as np
 
 from . import terms
 from .likelihood import Likelihood
@@ -23,7 +24,7 @@ from .terms import Scalar
 
 
 class Posterior:
-    """``p(u, theta | D)`` from a :class:`PDEPrior`, one or more likelihoods and :class:`Params`.
+    """``p(u, theta | D)`` from a ``PDEPrior``, one or more likelihoods and ``Params``.
 
     Example:
         >>> post = Posterior(prior, Gaussian(obs, y, sigma=0.1), params=Params(omega2=Uniform(0.5, 1.5)))
@@ -95,8 +96,6 @@ class Posterior:
 
     def check(self, u, theta) -> None:
         """Raise a clear error if ``(u, theta)`` is not a valid position (shapes, names, finiteness)."""
-        import numpy as np
-
         leaves = u.values() if isinstance(u, dict) else [u]
         for leaf in leaves:
             if np.shape(leaf)[: self.grid.ndim] != self.grid.shape:

@@ -13,7 +13,7 @@ normalisations are offered:
   and 32 (``lambda_PDE n_x n_y n_t L_PDE = lambda_PDE * sum r^2``): reaction-diffusion uses
   ``lambda_PDE = 10`` or ``100`` and ``lambda_IC = 100`` or ``1000``; the tumour model ``1e3`` and ``200``.
 
-Parameters live in :class:`Params`: each entry is either a fixed value or a numpyro distribution (its prior).
+Parameters live in ``Params``: each entry is either a fixed value or a numpyro distribution (its prior).
 Inferred parameters are mapped to unconstrained space by ``numpyro.distributions.transforms.biject_to``.
 """
 
@@ -129,8 +129,8 @@ class PDEPrior:
     """``log p(u | theta) = -beta L_PDE(u, theta) - beta_initial L_IC(u, theta)`` (seed 003 eq. 7, 24, 32).
 
     Args:
-        residual: ``residual(u, theta, grid) -> dict[str, Array]`` (see :mod:`bodil.residuals`).
-        grid: the :class:`~bodil.Grid` the field lives on.
+        residual: ``residual(u, theta, grid) -> dict[str, Array]`` (see ``bodil.residuals``).
+        grid: the ``bodil.Grid`` the field lives on.
         beta: weight of the PDE loss.
         initial: optional initial/boundary-condition residual function, same signature.
         beta_initial: its weight (required with ``initial``).

@@ -34,7 +34,7 @@ def forward_difference(u, axis: int, periodic: bool):
 
 
 def face_average(d, axis: int, periodic: bool):
-    """``(d_i + d_{i+1}) / 2`` on the faces along ``axis`` (same face layout as :func:`forward_difference`)."""
+    """``(d_i + d_{i+1}) / 2`` on the faces along ``axis`` (same face layout as ``forward_difference``)."""
     if periodic:
         return 0.5 * (d + jnp.roll(d, -1, axis=axis))
     return 0.5 * (_take(d, axis, 1, None) + _take(d, axis, None, -1))
@@ -88,7 +88,7 @@ def face_diffusivities(diffusivity, shape: Sequence[int], spacing: Sequence[floa
 def diffusion_operator(u, faces: Sequence, periodic: Sequence[bool]):
     """``div(D grad u)`` in flux form (seed 003 eq. 33) over the trailing ``len(faces)`` axes of ``u``.
 
-    ``faces`` comes from :func:`face_diffusivities` (face ``D / h^2`` per axis) and broadcasts against the
+    ``faces`` comes from ``face_diffusivities`` (face ``D / h^2`` per axis) and broadcasts against the
     face arrays of ``u``.
     """
     nd = len(faces)
@@ -100,7 +100,7 @@ def diffusion_operator(u, faces: Sequence, periodic: Sequence[bool]):
 
 
 def operator_diagonal(faces: Sequence, periodic: Sequence[bool]):
-    """Diagonal of :func:`diffusion_operator`: ``-sum_axes (D_{i+1/2} + D_{i-1/2}) / h^2`` (Jacobi preconditioning)."""
+    """Diagonal of ``diffusion_operator``: ``-sum_axes (D_{i+1/2} + D_{i-1/2}) / h^2`` (Jacobi preconditioning)."""
     nd = len(faces)
     out = 0.0
     for k, (f, per) in enumerate(zip(faces, periodic)):

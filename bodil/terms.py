@@ -3,9 +3,9 @@
 Every part of a posterior (PDE prior, initial condition, likelihood, parameter prior) reports its share of
 ``-log p`` as named blocks of two kinds:
 
-* :class:`Squares` ``(weight, residual)`` contributes ``weight * sum(residual ** 2)``; solvers use its
+* ``Squares`` ``(weight, residual)`` contributes ``weight * sum(residual ** 2)``; solvers use its
   Jacobian for a Gauss-Newton model of the curvature;
-* :class:`Scalar` ``(value)`` contributes ``value``; solvers use its exact Hessian.
+* ``Scalar`` ``(value)`` contributes ``value``; solvers use its exact Hessian.
 
 Block names are ``"group/name"`` with groups ``pde``, ``ic``, ``data`` and ``theta``; reports sum by group.
 """

@@ -160,3 +160,15 @@ def test_missing_parameter_message():
     g = Grid((3, 4), 0.0, 1.0, ("t", "x"), ("node", "periodic"))
     with pytest.raises(KeyError, match="needs parameter 'D'"):
         residuals.heat_equation("D")(jnp.zeros(g.shape), {}, g)
+
+
+@pytest.mark.parametrize("layout", ["periodic", "cell"])
+def test_operator_diagonal_matches_the_dense_operator(layout):
+    shape = (5, 4)
+    d = jnp.asarray(np.random.default_rng(3).uniform(0.1, 1.0, size=shape))
+    periodic = (layout == "periodic",) * 2
+    faces = stencil.face_diffusivities(d, shape, (0.5, 0.25), periodic)
+    dense = jax.jacfwd(lambda v: stencil.diffusion_operator(v.reshape(shape), faces, periodic).reshape(-1))(
+        jnp.zeros(20))
+    np.testing.assert_allclose(stencil.operator_diagonal(faces, periodic).reshape(-1), jnp.diag(dense), rtol=1e-12)
+    np.testing.assert_allclose(dense, dense.T, atol=1e-12)  # flux form with averaged faces is symmetric

@@ -1,6 +1,6 @@
 """The benchmark problems of seed 003 (sec. 3.1-3.3), built with their synthetic data.
 
-Each builder returns a :class:`Problem`: the posterior, a starting point and the truth used to make the data.
+Each builder returns a ``Problem``: the posterior, a starting point and the truth used to make the data.
 They serve the demo, the tests, the notebooks and the benchmarks alike.
 """
 

@@ -14,7 +14,7 @@ class Problem:
     """An inverse problem with synthetic data.
 
     Attributes:
-        posterior: the :class:`~bodil.Posterior`.
+        posterior: the ``bodil.Posterior``.
         u0: starting field for the MAP solve.
         theta0: starting parameters (constrained).
         truth: the field and parameters that generated the data.

@@ -1,12 +1,12 @@
 """Explicit finite-difference solver of ``u_t = div(D grad u) + rho u (1 - u)`` (forward Euler, flux form).
 
-The space operator is the one of the ODIL residual (:func:`bodil.stencil.diffusion_operator`, face-averaged
+The space operator is the one of the ODIL residual (``bodil.stencil.diffusion_operator``, face-averaged
 diffusivity, no flux through walls or into non-tissue), so a forward solution and an ODIL field agree up to
 the time discretisation. Forward Euler is stable for
 
     dt <= 1 / (2 sum_k Dmax / h_k^2)        (= h^2 / (2 d Dmax) on a cubic grid),
 
-and :func:`cfl_time_step` counts the steps from that bound.
+and ``cfl_time_step`` counts the steps from that bound.
 """
 
 from __future__ import annotations

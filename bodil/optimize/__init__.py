@@ -1,11 +1,11 @@
 """MAP estimation, which is ODIL: maximise ``log p(u, theta | D)`` over the field and the parameters.
 
-Three solvers share one entry point, :func:`map_estimate`:
+Three solvers share one entry point, ``map_estimate``:
 
 * ``"gauss-newton"`` (default): matrix-free Gauss-Newton-Krylov with a line search
-  (:mod:`bodil.optimize.gauss_newton`); ``"newton-krylov"`` uses the exact Hessian instead. With
+  (``bodil.optimize.gauss_newton``); ``"newton-krylov"`` uses the exact Hessian instead. With
   ``strategy="auto"`` (default) problems that the time-marching preconditioner fits and that have inferred
-  parameters are solved by the profile strategy (:mod:`bodil.optimize.profile`), others jointly;
+  parameters are solved by the profile strategy (``bodil.optimize.profile``), others jointly;
 * ``"lbfgs"``: ``optax.lbfgs`` with a zoom line search;
 * ``"adam"``: the papers' recipe (lr 1e-3 halved on a 50-epoch plateau, min 1e-4), kept as the baseline.
 """
@@ -30,7 +30,7 @@ def map_estimate(posterior, u0, theta0: dict | None = None, *, method: str = "ga
     """Maximum a posteriori estimate of ``(u, theta)`` (ODIL), warm-started from ``(u0, theta0)``.
 
     Args:
-        posterior: a :class:`~bodil.Posterior`.
+        posterior: a ``bodil.Posterior``.
         u0: initial field (a zero field, a forward solution, or a previous MAP for a warm start).
         theta0: initial inferred parameters (constrained); defaults to the prior means.
         method: one of ``"gauss-newton"``, ``"newton-krylov"``, ``"lbfgs"``, ``"adam"``.
@@ -39,7 +39,7 @@ def map_estimate(posterior, u0, theta0: dict | None = None, *, method: str = "ga
             Gauss-Newton).
 
     Returns:
-        :class:`MAPResult` with ``u``, ``theta`` and a :class:`Report` (iterations, evaluations, loss split
+        ``MAPResult`` with ``u``, ``theta`` and a ``Report`` (iterations, evaluations, loss split
         into pde/ic/data/theta, gradient norm, wall time, converged flag).
     """
     if theta0 is None:

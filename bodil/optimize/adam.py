@@ -38,7 +38,7 @@ def adam_recipe(learning_rate: float = 1e-3, patience: int = 50, factor: float =
 def adam(obj: Objective, *, epochs: int = 5000, learning_rate: float = 1e-3, patience: int = 50,
          factor: float = 0.5, min_learning_rate: float = 1e-4, gtol: float = 0.0,
          target_loss: float | None = None, chunk: int = 100, progress: bool = False):
-    """Minimise ``obj`` with :func:`adam_recipe` for ``epochs`` epochs; returns ``(x, Report)``.
+    """Minimise ``obj`` with ``adam_recipe`` for ``epochs`` epochs; returns ``(x, Report)``.
 
     Stops early (at a chunk boundary) when ``|g|_inf <= gtol`` or the loss reaches ``target_loss``.
     """

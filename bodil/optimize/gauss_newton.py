@@ -13,12 +13,12 @@ the solution, tight near it. For a quadratic ``f`` (linear residuals, Gaussian d
 the first CG solve runs to ``cg_rtol`` and one step lands on the minimiser.
 
 Preconditioners (``preconditioner=``): ``"auto"`` picks the time-marching preconditioner of
-:mod:`bodil.optimize.preconditioner` for Crank-Nicolson reaction-diffusion fields (exact inverse of the PDE
-and initial-condition curvature) when only the field moves, and none otherwise; ``"jacobi"``, ``"time-marching"``, ``None`` or a
+``bodil.optimize.preconditioner`` for Crank-Nicolson reaction-diffusion fields (exact inverse of the PDE
+and initial-condition curvature) when only the field moves, and none otherwise; ``"time-marching"``, ``None`` or a
 callable ``(objective, x, matvec) -> (r -> P r)`` choose explicitly.
 
 With ``fix_theta=True`` only the field moves (the parameters stay at their starting values): the inner solve
-of the profile strategy (:mod:`bodil.optimize.profile`) and of the mode approximation.
+of the profile strategy (``bodil.optimize.profile``) and of the mode approximation.
 
 Stops when ``|g|_inf <= gtol``; when the decrease predicted by a converged CG step, ``-g.p`` (the Newton
 decrement), or the actual decrease is below ``ftol * max(|f|, 1)``; when ``f <= target_loss``; or after
@@ -37,10 +37,10 @@ from tqdm.auto import tqdm
 
 from .cg import truncated_cg
 from .objective import Objective
-from .preconditioner import applies_time_marching, block_jacobi_preconditioner, time_marching_preconditioner
+from .preconditioner import applies_time_marching, time_marching_preconditioner
 from .result import Report
 
-PRECONDITIONERS = ("auto", "time-marching", "jacobi", None)
+PRECONDITIONERS = ("auto", "time-marching", None)
 
 
 class GNStep(NamedTuple):
@@ -58,7 +58,7 @@ class GNStep(NamedTuple):
 
 
 class GaussNewton:
-    """A compiled Gauss-Newton-Krylov solver for one :class:`Objective`; :meth:`run` may be called many
+    """A compiled Gauss-Newton-Krylov solver for one ``Objective``; ``run`` may be called many
     times (warm starts, profile and mode-approximation loops) without recompiling."""
 
     def __init__(self, obj: Objective, *, curvature: str = "gauss-newton", damping: float = 0.0,
@@ -118,8 +118,6 @@ class GaussNewton:
                 if precondition is None and self.preconditioner == "time-marching":
                     raise ValueError("gauss_newton: the time-marching preconditioner needs a single field on a "
                                      "space-time grid, a reaction_diffusion residual and an initial condition.")
-            elif self.preconditioner == "jacobi":
-                precondition = block_jacobi_preconditioner(obj, x, matvec)
             elif callable(self.preconditioner):
                 precondition = self.preconditioner(obj, x, matvec)
             p, info = truncated_cg(matvec, -g, tol, opts["cg_maxiter"], precondition)

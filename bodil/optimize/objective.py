@@ -1,7 +1,7 @@
 """The MAP objective ``f(x) = -log p(u, T(z) | D)`` on a flat unconstrained vector ``x = ravel(u, z)``.
 
 Split for Gauss-Newton: ``f(x) = 0.5 |R(x)|^2 + S(x)`` where ``R`` stacks ``sqrt(2 w_b) r_b(x)`` over the
-least-squares blocks and ``S`` sums the scalar blocks (:mod:`bodil.terms`).
+least-squares blocks and ``S`` sums the scalar blocks (``bodil.terms``).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from ..terms import Squares
 
 
 class Objective:
-    """Flat-vector view of a :class:`~bodil.Posterior` around a starting point ``(u0, theta0)``."""
+    """Flat-vector view of a ``bodil.Posterior`` around a starting point ``(u0, theta0)``."""
 
     def __init__(self, posterior, u0, theta0):
         posterior.check(u0, theta0)

@@ -10,7 +10,7 @@ rows, however, form a square block lower-bidiagonal matrix
         [            -s R_1    s L_2          ]      F'(u) v = A v + rho (1 - 2u) v
         [                      ...     ...    ]      s = sqrt(2 w_pde), s_ic = sqrt(2 w_ic)
 
-(the linearised Crank-Nicolson residual of :class:`~bodil.residuals.reaction_diffusion.ReactionDiffusion`).
+(the linearised Crank-Nicolson residual of ``bodil.residuals.reaction_diffusion.ReactionDiffusion``).
 ``B^{-1}`` is a forward time march and ``B^{-T}`` a backward one, each step an implicit solve with the
 symmetric positive definite ``L_m``, done by Jacobi-preconditioned CG to a tight tolerance (its condition
 number is ``1 + 2 dt D_max sum_k 1/h_k^2``, so a few tens of iterations). ``P_u = B^{-1} B^{-T}`` is then the
@@ -141,27 +141,3 @@ def time_marching_preconditioner(obj, x, matvec, fix_theta: bool = False):
 
     return apply
 
-
-def block_jacobi_preconditioner(obj, x, matvec, num_probes: int = 4):
-    """Diagonal scaling: the exact diagonal of the parameter block and, for the field, the mean diagonal.
-
-    The parameters' curvature (a sum over every point a parameter touches) is orders of magnitude larger
-    than a single field value's, which CG alone balances poorly. ``diag(M)_theta`` costs ``n_theta``
-    products; the field's mean diagonal is estimated with ``num_probes`` Rademacher probes
-    (``E[v . M v] / n_u``, Hutchinson) with a fixed key, so the preconditioner is deterministic.
-    """
-    u, _ = obj.unravel(x)
-    n_theta = x.size - sum(leaf.size for leaf in jax.tree.leaves(u))
-    n_u = x.size - n_theta
-    key = jax.random.PRNGKey(0)
-    v = jax.random.rademacher(key, (num_probes, x.size), dtype=x.dtype).at[:, n_u:].set(0.0)
-    mean_u = jnp.mean(jax.vmap(lambda p: jnp.vdot(p, matvec(p)))(v)) / max(n_u, 1)
-    scale_u = 1.0 / jnp.where(mean_u > 0, mean_u, 1.0)
-    if n_theta:
-        probes = jnp.concatenate([jnp.zeros((n_theta, n_u), x.dtype), jnp.eye(n_theta, dtype=x.dtype)], axis=1)
-        d_theta = jax.vmap(lambda e: jnp.vdot(e, matvec(e)))(probes)
-        scale_theta = 1.0 / jnp.where(d_theta > 0, d_theta, 1.0)
-    else:
-        scale_theta = jnp.zeros((0,), x.dtype)
-    scale = jnp.concatenate([jnp.full((n_u,), scale_u, x.dtype), scale_theta])
-    return lambda r: scale * r

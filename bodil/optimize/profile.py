@@ -3,7 +3,7 @@
     z* = argmin_z F(z),   F(z) = min_u f(u, z),   grad F(z) = d_z f(u*(z), z)   (envelope theorem)
 
 The inner minimisation over the field is the preconditioned Gauss-Newton solve with the parameters held
-fixed (:class:`~bodil.optimize.gauss_newton.GaussNewton` with ``fix_theta=True``), warm-started from the
+fixed (``bodil.optimize.gauss_newton.GaussNewton`` with ``fix_theta=True``), warm-started from the
 previous field; the outer one is L-BFGS-B (``scipy.optimize``) over the few unconstrained parameters. The
 joint MAP and the profile MAP are the same point; the profile path is robust where the parameters move a
 whole structure (a tumour's origin), which a joint Newton step on a stiff space-time system handles poorly.
@@ -42,7 +42,7 @@ def profile_gauss_newton(obj: Objective, *, max_iter: int = 50, gtol: float = 1e
         outer_step: length, in unconstrained units, of L-BFGS-B's first trial step (it rescales the
             parameters by ``1 / outer_step``). Warm starts only help when the parameters move a little at a
             time; the default moves a logit-transformed position by about 1% of its range.
-        **options: passed to :class:`GaussNewton` (``cg_maxiter``, ``preconditioner``...).
+        **options: passed to ``GaussNewton`` (``cg_maxiter``, ``preconditioner``...).
     """
     solver = GaussNewton(obj, **options)
     n_u = solver.n_field

@@ -3,7 +3,7 @@
     r^n_i = (u^{n+1}_i - u^n_i) / dt - D (u^{n+1/2}_{i-1} - 2 u^{n+1/2}_i + u^{n+1/2}_{i+1}) / dx^2,
     u^{n+1/2} = (u^n + u^{n+1}) / 2.
 
-This is the Crank-Nicolson scheme of :mod:`bodil.residuals.reaction_diffusion` without reaction; with a
+This is the Crank-Nicolson scheme of ``bodil.residuals.reaction_diffusion`` without reaction; with a
 constant ``D`` it reduces to eq. 17 exactly. Periodic axes wrap, other axes have no-flux walls.
 """
 

@@ -1,12 +1,12 @@
 """Initial-condition residuals ``r = u(t=0, x) - u_0(x; theta)`` on the space points.
 
-* :func:`gaussian_bump`: seed 003 eq. 22, ``u_0 = exp(-|x - x_0|^2 / (2 R^2))``.
-* :func:`clipped_gaussian`: seed 003 eq. 27-28 (GliODIL), ``u_0 = M / (4 pi Dt^2)^{d/2}
+* ``gaussian_bump``: seed 003 eq. 22, ``u_0 = exp(-|x - x_0|^2 / (2 R^2))``.
+* ``clipped_gaussian``: seed 003 eq. 27-28 (GliODIL), ``u_0 = M / (4 pi Dt^2)^{d/2}
   exp(-|x - x_0|^2 / (4 Dt^2))`` set to 0 below ``cutoff`` and clipped at 1; lengths in the grid's units
   (mm for the tumour model, ``Dt^2`` in mm^2).
 
 The centre ``x_0`` comes from parameters named in ``center`` (one per space axis). The residual returns
-``{"ic": r}``; give it to :class:`bodil.PDEPrior` as ``initial=`` with its own weight.
+``{"ic": r}``; give it to ``bodil.PDEPrior`` as ``initial=`` with its own weight.
 """
 
 from __future__ import annotations

@@ -72,7 +72,7 @@ class ReactionDiffusion:
     def space_operator(self, theta, grid):
         """The pieces of the rate ``F(u) = A u + rho u (1 - u) + s`` that preconditioners need.
 
-        Returns ``(faces, rho)``: face diffusivities ``D / h^2`` per space axis (:mod:`bodil.stencil`) and the
+        Returns ``(faces, rho)``: face diffusivities ``D / h^2`` per space axis (``bodil.stencil``) and the
         reaction rate, so that ``F'(u) v = A v + rho (1 - 2 u) v``.
         """
         d = resolve(self.diffusivity, theta, grid)
@@ -82,10 +82,10 @@ class ReactionDiffusion:
 
 
 def reaction_diffusion(diffusivity: Coefficient = "D", rho: Coefficient = "rho", **kwargs) -> ReactionDiffusion:
-    """Residual of ``u_t = div(D grad u) + rho u (1 - u) + s`` (Crank-Nicolson); see :class:`ReactionDiffusion`."""
+    """Residual of ``u_t = div(D grad u) + rho u (1 - u) + s`` (Crank-Nicolson); see ``ReactionDiffusion``."""
     return ReactionDiffusion(diffusivity, rho, **kwargs)
 
 
 def fisher_kpp(diffusivity: Coefficient = "D", rho: Coefficient = "rho", **kwargs) -> Callable:
-    """Fisher-KPP ``u_t = div(D grad u) + rho u (1 - u)`` (seed 003 eq. 19 and 26); see :func:`reaction_diffusion`."""
+    """Fisher-KPP ``u_t = div(D grad u) + rho u (1 - u)`` (seed 003 eq. 19 and 26); see ``reaction_diffusion``."""
     return reaction_diffusion(diffusivity, rho, **kwargs)
