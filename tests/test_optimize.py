@@ -6,7 +6,7 @@ from jax.flatten_util import ravel_pytree
 
 import bodil
 from bodil import Grid, Params, PDEPrior, Posterior, residuals
-from bodil.cases import oscillator, reaction_diffusion_2d
+from bodil.cases import diffusion_1d, oscillator, reaction_diffusion_2d
 from bodil.optimize import Objective
 from bodil.optimize.cg import truncated_cg
 from bodil.optimize.preconditioner import time_marching_preconditioner
@@ -34,6 +34,18 @@ def test_oscillator_gauss_newton_hits_the_exact_least_squares_solution():
         assert rel < 1e-8, (k, rel)
     assert fit.report.converged
     assert set(fit.report.loss_terms) == {"pde", "data"}
+
+
+def test_diffusion_map_with_unknown_initial_state_is_the_least_squares_solution():
+    """Seed 003 sec. 3.2: quadratic in u, no initial-condition block; the preconditioner's stand-in row
+    must not change the answer, only the speed."""
+    problem = diffusion_1d(dtype=jnp.float64)
+    exact = dense_least_squares(problem)
+    fit = bodil.map_estimate(problem.posterior, problem.u0, problem.theta0, gtol=1e-9)
+    assert fit.report.converged and fit.report.iterations <= 10
+    rel = float(jnp.linalg.norm(fit.u - exact) / jnp.linalg.norm(exact))
+    assert rel < 1e-8, rel
+    assert sum(fit.report.extra["cg_iterations"]) < 500  # unpreconditioned CG needs > 20000 here
 
 
 def test_solvers_agree_on_the_oscillator_with_unknown_frequency():

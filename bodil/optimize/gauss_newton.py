@@ -117,7 +117,7 @@ class GaussNewton:
                 precondition = time_marching_preconditioner(obj, x, matvec, fix_theta=fix_theta)
                 if precondition is None and self.preconditioner == "time-marching":
                     raise ValueError("gauss_newton: the time-marching preconditioner needs a single field on a "
-                                     "space-time grid, a reaction_diffusion residual and an initial condition.")
+                                     "space-time grid and a reaction_diffusion residual.")
             elif callable(self.preconditioner):
                 precondition = self.preconditioner(obj, x, matvec)
             p, info = truncated_cg(matvec, -g, tol, opts["cg_maxiter"], precondition)
