@@ -49,7 +49,7 @@ def run_case(name, problem, epochs):
     for label, method, opts in [
         ("gauss-newton (profile, time-marching)", "gauss-newton", dict(strategy="profile")),
         ("gauss-newton (joint, no preconditioner)", "gauss-newton", dict(strategy="joint", cg_maxiter=20,
-                                                                          preconditioner=None, max_iter=100)),
+                                                                          preconditioner=None, max_iter=20)),
         ("l-bfgs", "lbfgs", dict(max_iter=5000)),
     ]:
         rows.append((label, lambda method=method, opts=opts: timed(problem, method, target_loss=target, **opts)))

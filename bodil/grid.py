@@ -196,7 +196,7 @@ class Grid:
             bits = [(corner >> j) & 1 for j in range(k)]
             idx.append(np.stack([corner_idx[j][b] for j, b in enumerate(bits)], axis=0))
             wts.append(np.prod([corner_w[j][b] for j, b in enumerate(bits)], axis=0))
-        return LinearInterpolator(axes=tuple(axes), ndim=self.ndim, index=np.stack(idx, 0), weight=np.stack(wts, 0))
+        return LinearInterpolator(axes=tuple(axes), index=np.stack(idx, 0), weight=np.stack(wts, 0))
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -204,7 +204,6 @@ class LinearInterpolator:
     """Precomputed multilinear interpolation: ``values[m] = sum_c weight[c, m] * u[index[c, :, m]]``."""
 
     axes: tuple[int, ...]
-    ndim: int
     index: np.ndarray  # (2^k, k, m) integer indices of the corners
     weight: np.ndarray  # (2^k, m) weights
 

@@ -45,7 +45,7 @@ def applies_time_marching(obj) -> bool:
             and tuple(u.shape) == post.grid.shape)
 
 
-def _time_march(obj, x):
+def _time_march(obj, x, inner_rtol: float):
     """Return ``(apply_B_inv, apply_B_inv_T)`` for the field part, or ``None`` if not applicable."""
     if not applies_time_marching(obj):
         return None
@@ -75,7 +75,7 @@ def _time_march(obj, x):
         """Solve ``L_m y = rhs`` with ``L_m = I/dt - F'_m / 2`` (SPD while rho (1 - 2u) < 2 / dt)."""
         jacobi = 1.0 / (1.0 / dt - 0.5 * (a_diag + m_reaction))
         y, _ = truncated_cg(lambda v: v / dt - 0.5 * f_prime(m_reaction, v), rhs,
-                            1e-10 * jnp.linalg.norm(rhs), 200, lambda r: jacobi * r)
+                            inner_rtol * jnp.linalg.norm(rhs), 200, lambda r: jacobi * r)
         return y
 
     def forward(b):
@@ -107,11 +107,11 @@ def _time_march(obj, x):
     return forward, backward
 
 
-def time_marching_preconditioner(obj, x, matvec, fix_theta: bool = False):
+def time_marching_preconditioner(obj, x, matvec, fix_theta: bool = False, inner_rtol: float = 1e-10):
     """Build ``v -> P v`` at ``x`` (see the module docstring), or ``None`` when the problem is not a
     single-field Crank-Nicolson reaction-diffusion problem. With
     ``fix_theta`` the parameter block is zeroed (field-only solves)."""
-    march = _time_march(obj, x)
+    march = _time_march(obj, x, inner_rtol)
     if march is None:
         return None
     forward, backward = march
