@@ -11,6 +11,7 @@ observed, for example outside the brain).
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Callable
 from typing import Any
 
@@ -42,23 +43,23 @@ def _check_positive(name: str, what: str, value) -> None:
             raise ValueError(f"{name}: {what} must be positive, got {value}.")
 
 
-class Likelihood:
+class Likelihood(abc.ABC):
     """Base class: subclasses implement ``blocks(u, theta)``."""
 
     observe: Callable | None
 
     def predict(self, u, theta):
         """The observed quantity ``h(u, theta)``."""
-        pred = u if self.observe is None else self.observe(u, theta)
-        return pred
+        return jnp.asarray(u if self.observe is None else self.observe(u, theta))
 
     def _check_shape(self, pred, data_shape):
         if tuple(jnp.shape(pred)) != tuple(data_shape):
             raise ValueError(f"{type(self).__name__}: observe() returned shape {tuple(jnp.shape(pred))} but the "
                              f"data have shape {tuple(data_shape)}.")
 
+    @abc.abstractmethod
     def blocks(self, u, theta) -> dict:
-        raise NotImplementedError  # pragma: no cover - abstract
+        """Named blocks of ``-log p(D | u, theta)`` (``bodil.terms``)."""
 
     def log_prob(self, u, theta):
         """``log p(D | u, theta)``."""
