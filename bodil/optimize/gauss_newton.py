@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 
 from .cg import truncated_cg
 from .objective import Objective
-from .preconditioner import applies_time_marching, time_marching_preconditioner
+from .preconditioner import time_marching_preconditioner
 from .result import Report
 
 PRECONDITIONERS = ("auto", "time-marching", None)
@@ -48,11 +48,9 @@ class GNStep(NamedTuple):
     loss: jax.Array
     new_loss: jax.Array
     grad_inf: jax.Array
-    step_size: jax.Array
     accepted: jax.Array
     cg_iterations: jax.Array
     cg_converged: jax.Array
-    negative_curvature: jax.Array
     linesearch_evals: jax.Array
     predicted_decrease: jax.Array
 
@@ -77,10 +75,6 @@ class GaussNewton:
         self._grad = jax.jit(jax.grad(obj.value))
         u, _ = obj.unravel(obj.x0)
         self.n_field = sum(leaf.size for leaf in jax.tree.leaves(u))
-
-    def uses_time_marching(self) -> bool:
-        """Whether the time-marching preconditioner is in use for this problem."""
-        return self.preconditioner in ("auto", "time-marching") and applies_time_marching(self.obj)
 
     def _make_step(self, fix_theta: bool):
         obj, opts = self.obj, self.options
@@ -138,8 +132,8 @@ class GaussNewton:
                                              (jnp.ones((), x.dtype), value(x + p), jnp.zeros((), jnp.int32)))
             accepted = jnp.isfinite(f_new) & (f_new <= loss + armijo * t * slope) & (slope < 0)
             x_new = jnp.where(accepted, x + t * p, x)
-            return GNStep(x_new, loss, jnp.where(accepted, f_new, loss), jnp.max(jnp.abs(g)), t, accepted,
-                          info.iterations, info.residual_norm <= tol, info.negative_curvature, k + 1, -slope)
+            return GNStep(x_new, loss, jnp.where(accepted, f_new, loss), jnp.max(jnp.abs(g)), accepted,
+                          info.iterations, info.residual_norm <= tol, k + 1, -slope)
 
         return step
 
