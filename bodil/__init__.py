@@ -8,6 +8,8 @@ True)``) where Hessians or tight tolerances need it; bodil takes its dtypes from
 
 from . import likelihood, residuals, stencil, terms
 from .grid import Grid, LinearInterpolator
+from . import inference
+from .inference import Laplace, ModeApproximation, basis, hmc, laplace, smc, tmcmc
 from .likelihood import Bernoulli, Gaussian, IntervalHinge, ThreeClassSigmoid
 from .optimize import MAPResult, Report, map_estimate
 from .posterior import Posterior
@@ -16,6 +18,14 @@ from .prior import LogNormal, Normal, Params, PDEPrior, Uniform
 __version__ = "0.1.0"
 
 __all__ = [
+    "Laplace",
+    "ModeApproximation",
+    "basis",
+    "hmc",
+    "inference",
+    "laplace",
+    "smc",
+    "tmcmc",
     "Bernoulli",
     "Gaussian",
     "Grid",

@@ -5,9 +5,10 @@ They serve the demo, the tests, the notebooks and the benchmarks alike.
 """
 
 from .diffusion import diffusion_1d
+from .linear_gaussian import linear_gaussian
 from .oscillator import oscillator
 from .problem import Problem
 from .reaction_diffusion import random_diffusivity, reaction_diffusion_2d, reaction_diffusion_3d
 
-__all__ = ["Problem", "diffusion_1d", "oscillator", "random_diffusivity", "reaction_diffusion_2d",
+__all__ = ["Problem", "diffusion_1d", "linear_gaussian", "oscillator", "random_diffusivity", "reaction_diffusion_2d",
            "reaction_diffusion_3d"]

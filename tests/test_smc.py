@@ -1,0 +1,241 @@
+"""BASIS / TMCMC: log-evidence on cases with known values, reproducibility, executors, checkpoints, aux.
+
+Tolerances are 4 standard deviations (plus the bias) over 50 seeds at the same settings, measured by
+``benchmarks/inference.py --spread`` (n = 1000). Std of log Z: case 1 0.041 (BASIS), 0.040 (TMCMC); case 2
+0.078 and case 3 0.17 with beta = 0.5, lmax = 10. At the papers' defaults (beta = 0.2, lmax = 1) cases 2
+and 3 spread 0.37 and 0.86: one short random-walk step per stage leaves the population degenerate, too wide
+for a useful test at this n, so those cases test BASIS with longer chains.
+"""
+
+import pickle
+from concurrent.futures import ThreadPoolExecutor
+
+import arviz as az
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import stats
+
+import bodil
+from bodil.inference.executors import BatchExecutor, PoolExecutor, SerialExecutor, VmapExecutor
+from bodil.inference.smc import basis, chain_lengths, next_exponent, smc, tmcmc
+from bodil.prior import Params
+
+LOG2PI = np.log(2 * np.pi)
+
+
+def box(low, high, d):
+    return Params(x=bodil.Uniform(low * jnp.ones(d), high * jnp.ones(d)))
+
+
+# Likelihoods on a batch {"x": (m, d)} (BatchExecutor) or one theta {"x": (d,)}.
+def normal_1d(t):
+    return -0.5 * ((np.asarray(t["x"])[..., 0] + 2.0) / 3.0) ** 2 - np.log(3.0) - 0.5 * LOG2PI
+
+
+def gauss_5d(t):
+    return -0.5 * np.sum(np.asarray(t["x"]) ** 2, axis=-1)
+
+
+def mixture_4d(t):
+    x, s, d = np.asarray(t["x"]), 0.1, 4
+    c = -d * np.log(s) - 0.5 * d * LOG2PI
+    return np.logaddexp(np.log(0.1) + c - 0.5 * np.sum((x + 0.5) ** 2, -1) / s**2,
+                        np.log(0.9) + c - 0.5 * np.sum((x - 0.5) ** 2, -1) / s**2)
+
+
+# (params, likelihood, analytic log Z, options, tolerance = 4 std + |bias| over 50 seeds)
+CASES = {
+    "normal-1d": (box(-15.0, 15.0, 1), normal_1d, -np.log(30.0), dict(), 0.17),
+    "gauss-5d": (box(-5.0, 5.0, 5), gauss_5d, -6.918, dict(beta=0.5, lmax=10), 0.33),
+    "mixture-4d": (box(-2.0, 2.0, 4), mixture_4d, -5.545, dict(beta=0.5, lmax=10), 0.71),
+}
+
+
+def test_reference_values_are_analytic():
+    ph = stats.norm.cdf
+    assert np.log((ph(17 / 3) - ph(-13 / 3)) / 30) == pytest.approx(-3.4012, abs=1e-4)
+    assert 5 * np.log(np.sqrt(2 * np.pi) * (ph(5) - ph(-5)) / 10) == pytest.approx(-6.918, abs=5e-4)
+    mass = [(ph((2 - m) / 0.1) - ph((-2 - m) / 0.1)) ** 4 for m in (-0.5, 0.5)]
+    assert np.log((0.1 * mass[0] + 0.9 * mass[1]) / 256) == pytest.approx(-5.545, abs=5e-4)
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_basis_log_evidence(name):
+    params, loglik, log_z, options, tol = CASES[name]
+    idata = basis(loglik, params, 1000, seed=0, executor=BatchExecutor(), **options)
+    assert abs(idata.attrs["log_evidence"] - log_z) < tol
+    stages = idata.smc_stages
+    assert stages.q.values[0] == 0.0 and stages.q.values[-1] == 1.0 and np.all(np.diff(stages.q.values) > 0)
+    assert idata.posterior.x.shape == (1, 1000, params.priors["x"].batch_shape[0])
+    if name == "mixture-4d":  # E|x_i| = 0.5 in both modes (sigma 0.1 << 0.5)
+        assert np.abs(idata.posterior.x.values).mean() == pytest.approx(0.5, abs=0.03)
+    if name == "normal-1d":  # posterior N(-2, 3^2); the mean spreads 0.17 over seeds
+        assert idata.posterior.x.values.mean() == pytest.approx(-2.0, abs=0.67)
+
+
+def test_tmcmc_log_evidence():
+    params, loglik, log_z, _, _ = CASES["normal-1d"]
+    idata = tmcmc(loglik, params, 1000, seed=0, executor=BatchExecutor())
+    assert abs(idata.attrs["log_evidence"] - log_z) < 0.17
+    assert idata.attrs["algorithm"] == "tmcmc" and idata.attrs["max_chain_length"] == 0
+
+
+def run_small(executor=None, loglik=None, **options):
+    params = box(-2.0, 2.0, 4)
+    return basis(loglik or mixture_4d, params, 200, seed=3, executor=executor, **options)
+
+
+def same(a, b):
+    return (np.array_equal(a.posterior.x.values, b.posterior.x.values)
+            and np.array_equal(a.sample_stats.log_likelihood.values, b.sample_stats.log_likelihood.values)
+            and a.attrs["log_evidence"] == b.attrs["log_evidence"])
+
+
+def test_same_seed_same_result():
+    a, b = run_small(BatchExecutor()), run_small(BatchExecutor())
+    assert same(a, b)
+    c = basis(mixture_4d, box(-2.0, 2.0, 4), 200, seed=4, executor=BatchExecutor())
+    assert not np.array_equal(a.posterior.x.values, c.posterior.x.values)
+
+
+def jax_mixture(t):
+    x, s = t["x"], 0.1
+    c = -4 * jnp.log(s) - 2 * jnp.log(2 * jnp.pi)
+    return jnp.logaddexp(jnp.log(0.1) + c - 0.5 * jnp.sum((x + 0.5) ** 2) / s**2,
+                         jnp.log(0.9) + c - 0.5 * jnp.sum((x - 0.5) ** 2) / s**2)
+
+
+def test_executors_give_identical_results():
+    reference = run_small(BatchExecutor())
+    assert same(reference, run_small(SerialExecutor()))
+    with ThreadPoolExecutor(2) as pool:
+        assert same(reference, run_small(pool))
+        assert same(reference, run_small(PoolExecutor(pool, chunksize=16)))
+    # jit(vmap(f)) against the same compiled arithmetic one theta at a time: identical
+    vmapped = run_small(VmapExecutor(), jax_mixture)
+    assert same(vmapped, run_small(None, jax.jit(jax_mixture)))
+    assert same(vmapped, run_small(VmapExecutor(batch_size=64), jax_mixture))
+    # and the same samples as the numpy version up to rounding of the log-likelihood
+    assert vmapped.attrs["log_evidence"] == pytest.approx(reference.attrs["log_evidence"], rel=1e-12)
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_resume_after_crash_is_bit_identical(tmp_path):
+    path = tmp_path / "run.ckpt"
+    full = run_small(BatchExecutor(), burn_in=1, lmax=2)
+    calls = {"n": 0}
+
+    def crashing(t):
+        calls["n"] += 1
+        if calls["n"] > 4:  # a few batches: the crash comes in the middle of a stage
+            raise Interrupt("node lost")
+        return mixture_4d(t)
+
+    with pytest.raises(Interrupt):
+        run_small(BatchExecutor(), crashing, burn_in=1, lmax=2, checkpoint=path)
+    saved = pickle.loads(path.read_bytes())["state"]
+    assert 0 < saved["stage"] < full.attrs["stages"]
+    resumed = run_small(BatchExecutor(), burn_in=1, lmax=2, checkpoint=path, resume=True)
+    assert same(full, resumed)
+    np.testing.assert_array_equal(full.smc_stages.q.values, resumed.smc_stages.q.values)
+
+
+def test_resume_after_max_stages_and_bad_checkpoints(tmp_path):
+    path = tmp_path / "run.ckpt"
+    full = run_small(BatchExecutor())
+    with pytest.raises(RuntimeError, match="max_stages"):
+        run_small(BatchExecutor(), checkpoint=path, max_stages=2)
+    assert same(full, run_small(BatchExecutor(), checkpoint=path, resume=True))
+    with pytest.raises(ValueError, match="gamma: checkpoint 1.0, call 1.5"):
+        run_small(BatchExecutor(), checkpoint=path, resume=True, gamma=1.5)
+    path.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="not a readable bodil SMC checkpoint"):
+        run_small(BatchExecutor(), checkpoint=path, resume=True)
+    assert not [p for p in tmp_path.iterdir() if p.name != "run.ckpt"]  # no temporary files left
+
+
+def test_aux_is_carried_with_its_particle():
+    def with_aux(t):
+        return mixture_4d(t), {"twice": 2.0 * np.asarray(t["x"]), "norm": np.linalg.norm(t["x"], axis=-1)}
+
+    for sampler in (basis, tmcmc):
+        idata = sampler(with_aux, box(-2.0, 2.0, 4), 300, seed=1, executor=BatchExecutor(), burn_in=1)
+        x = idata.posterior.x.values
+        np.testing.assert_array_equal(idata.posterior.twice.values, 2.0 * x)
+        np.testing.assert_allclose(idata.posterior.norm.values, np.linalg.norm(x, axis=-1))
+        np.testing.assert_array_equal(idata.sample_stats.log_likelihood.values[0], mixture_4d({"x": x[0]}))
+
+
+def test_parameter_shapes_and_netcdf_roundtrip(tmp_path):
+    params = Params(a=bodil.Normal(0.0, 1.0), B=bodil.Uniform(-jnp.ones((2, 3)), jnp.ones((2, 3))), fixed=3.0)
+    seen = []
+
+    def loglik(t):
+        seen.append({k: np.shape(v) for k, v in t.items()})
+        return -0.5 * (t["a"] - 1.0) ** 2 - 0.5 * np.sum(t["B"] ** 2)
+
+    idata = smc(loglik, params, 50, seed=0, progress=True)
+    assert seen[0] == {"a": (), "B": (2, 3)}
+    assert idata.posterior.a.shape == (1, 50) and idata.posterior.B.shape == (1, 50, 2, 3)
+    idata.to_netcdf(tmp_path / "smc.nc", engine="h5netcdf")
+    back = az.from_netcdf(tmp_path / "smc.nc", engine="h5netcdf")
+    assert back.attrs["log_evidence"] == idata.attrs["log_evidence"]
+    assert back.sample_stats.attrs["log_evidence"] == idata.attrs["log_evidence"]
+    assert set(back.groups()) == {"posterior", "sample_stats", "smc_stages"}
+    np.testing.assert_array_equal(back.smc_stages.log_evidence.values, idata.smc_stages.log_evidence.values)
+    assert back.smc_stages.log_evidence.values[-1] == idata.attrs["log_evidence"]
+
+
+def test_minus_infinity_and_nan():
+    def half(t):  # L = 1 on x > 0, 0 elsewhere: Z = 1/2
+        return np.where(np.asarray(t["x"])[..., 0] > 0, 0.0, -np.inf)
+
+    idata = basis(half, box(-1.0, 1.0, 1), 1000, seed=0, executor=BatchExecutor())
+    assert np.all(idata.posterior.x.values > 0)
+    assert idata.attrs["log_evidence"] == pytest.approx(np.log(0.5), abs=4 * np.sqrt(0.25 / 1000) / 0.5)
+
+    def nan_at_positive(t):
+        return np.nan if t["x"][0] > 0 else 0.0
+
+    with pytest.raises(FloatingPointError, match=r"returned nan at theta = \{'x': \["):
+        basis(nan_at_positive, box(-1.0, 1.0, 1), 20, seed=0)
+
+
+def test_bad_inputs():
+    params, loglik = box(-1.0, 1.0, 1), normal_1d
+    for kwargs, match in [(dict(n=1), "n must be at least 2"), (dict(gamma=0.0), "gamma must be positive"),
+                          (dict(beta=-1.0), "beta must be positive"), (dict(lmax=0), "lmax"),
+                          (dict(resume=True), "needs checkpoint")]:
+        with pytest.raises(ValueError, match=match):
+            basis(loglik, params, **kwargs)
+    with pytest.raises(ValueError, match="no inferred entries"):
+        basis(loglik, Params(x=1.0))
+    with pytest.raises(TypeError, match="bodil.Params"):
+        basis(loglik, {"x": bodil.Uniform(0.0, 1.0)})
+    with pytest.raises(TypeError, match="max_chain_length"):
+        basis(loglik, params, max_chain_length=3)
+    with pytest.raises(TypeError, match="executor"):
+        basis(loglik, params, executor="dask")
+    with pytest.raises(ValueError, match="-inf at all"):
+        basis(lambda t: -np.inf, params, 10)
+
+
+def test_next_exponent_hits_the_target_cv():
+    loglik = np.random.default_rng(0).normal(0.0, 30.0, 500)
+    q, cv = next_exponent(loglik, 0.2, 1.0)
+    w = np.exp((q - 0.2) * (loglik - loglik.max()))
+    assert 0.2 < q < 1 and np.std(w) / np.mean(w) == pytest.approx(1.0, rel=1e-9) and cv == pytest.approx(1.0)
+    assert next_exponent(loglik, 0.2, 1.0, max_rho_update=1e-3)[0] == pytest.approx(0.201)
+    assert next_exponent(np.zeros(10), 0.3, 1.0) == (1.0, 0.0)
+
+
+def test_chain_lengths_follow_korali():
+    seeds, lengths = chain_lengths(np.array([0, 5, 1, 7]), 2)
+    assert seeds.tolist() == [1, 1, 1, 2, 3, 3, 3, 3] and lengths.tolist() == [1, 2, 2, 1, 1, 2, 2, 2]
+    assert chain_lengths(np.array([3, 0, 2]), None)[1].tolist() == [3, 2]
+    assert chain_lengths(np.array([3, 0, 2]), 1)[1].tolist() == [1] * 5
