@@ -54,7 +54,7 @@ from numpyro import distributions as dist
 
 from ..optimize.cg import truncated_cg
 from ..optimize.objective import Objective
-from ..optimize.preconditioner import _time_march
+from ..optimize.preconditioner import _time_march, applies_time_marching
 from ..terms import Squares
 
 PRIOR_GROUPS = ("pde", "ic")
@@ -313,7 +313,7 @@ class _LowRank:
         self.posterior, self.rtol = posterior, rtol
         obj = Objective(posterior, *ops.unravel(ops.x))
         self.x_unc = obj.x0
-        self._march_obj = obj if (_has_initial_block(ops) and _time_march(obj, obj.x0, rtol) is not None) else None
+        self._march_obj = obj if (_has_initial_block(ops) and applies_time_marching(obj)) else None
         self._jitted = {name: jax.jit(self._batch_op(name)) for name in ("P", "M", "P_inv", "H")}
         self._prior_rhs = jax.jit(self._prior_rhs_fn)
         k = min(rank, n_u)
