@@ -23,6 +23,7 @@ docs: $(STAMP)
 benchmarks: $(STAMP)
 	$(VENV)/bin/python benchmarks/map_solvers.py
 	$(VENV)/bin/python benchmarks/inference.py
+	$(VENV)/bin/python benchmarks/tumor.py
 
 clean:
 	rm -rf $(VENV) site bodil-demo .pytest_cache

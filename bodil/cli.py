@@ -1,17 +1,22 @@
 """The ``bodil`` command.
 
-    bodil demo [--out DIR]      the built-in default case, end to end
+    bodil ctv --seg SEG (--wm WM --gm GM [--csf CSF] | --tissue-labels MAP | --atlas mni152)
+              --labels brats2021 --out DIR [--samples N --grid N --time-points N --seed S]
+    bodil synth --out DIR [--resolution 2 --origin X Y Z --dw DW --rho RHO --t-final T]
+    bodil demo [--out DIR]
 
-Until the tumour pipeline lands, the default case is seed 003's harmonic oscillator (sec. 3.1): MAP of the
-trajectory and of omega^2 by Gauss-Newton (ODIL), printed with its report and written as a figure.
+``ctv`` infers the tumour's growth from a segmentation (NIfTI) and tissue maps and writes the posterior
+CTV ensemble and a report; ``synth`` grows a synthetic patient on the MNI152 anatomy; ``demo`` does both
+on the built-in default (a synthetic patient on MNI152 at 2 mm). Bad input exits with status 2 and a
+message on stderr; nothing is written then.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
-import tempfile
 
 
 def _enable_float64():
@@ -20,64 +25,158 @@ def _enable_float64():
     jax.config.update("jax_enable_x64", True)  # the command owns its process; the library never does this
 
 
-def demo(out: str) -> int:
+def _settings(args):
+    from .tumor.pipeline import Settings
+
+    base = Settings.paper() if args.paper else Settings()
+    over = {k: v for k, v in (("grid", args.grid), ("time_points", args.time_points), ("samples", args.samples),
+                              ("seed", args.seed), ("t_final", args.t_final),
+                              ("inner_iterations", args.inner_iterations), ("inner", args.inner)) if v is not None}
+    return dataclasses.replace(base, **over)
+
+
+def _anatomy(args):
+    from .tumor import load_tissue, load_tissue_labels, mni152
+
+    given = [bool(args.wm or args.gm), bool(args.tissue_labels), bool(args.atlas)]
+    if sum(given) != 1:
+        from .io import InputError
+
+        raise InputError("bodil ctv: give the tissue exactly one way: --wm WM --gm GM [--csf CSF], "
+                         "--tissue-labels MAP, or --atlas mni152.")
+    if args.atlas:
+        return mni152(args.resolution), {"atlas": f"mni152 ({args.resolution} mm, nilearn)"}
+    if args.tissue_labels:
+        return load_tissue_labels(args.tissue_labels), {"tissue labels": args.tissue_labels}
+    if not (args.wm and args.gm):
+        from .io import InputError
+
+        raise InputError("bodil ctv: --wm and --gm go together (and optionally --csf).")
+    files = {"wm": args.wm, "gm": args.gm, **({"csf": args.csf} if args.csf else {})}
+    return load_tissue(args.wm, args.gm, args.csf), files
+
+
+def ctv(args) -> int:
     _enable_float64()
-    import jax.numpy as jnp
-    import numpy as np
+    from .tumor.pipeline import run_ctv
+    from .tumor.segmentation import load_segmentation
 
-    import bodil
-    from bodil.cases import oscillator
-
-    print("bodil demo: harmonic oscillator, seed 003 sec. 3.1 (N = 64, T = 10, 20 data in (0, T/2), "
-          "sigma = 0.1, beta = 1e4)")
-    problem = oscillator(infer_omega=True, dtype=jnp.float64)
-    fit = bodil.map_estimate(problem.posterior, problem.u0, problem.theta0, method="gauss-newton", progress=True)
-    print(fit.report)
-    truth = problem.truth
-    err_x = float(np.max(np.abs(np.asarray(fit.u["x"]) - truth["x"])))
-    print(f"omega^2: MAP {float(fit.theta['omega2']):.4f} (truth {truth['omega2']:.4f})")
-    print(f"x(0), v(0): MAP {float(fit.u['x'][0]):.4f}, {float(fit.u['v'][0]):.4f} (truth 0.5000, 0.2000)")
-    print(f"max |x_MAP - x_true| over [0, T]: {err_x:.4f}")
-    if not fit.report.converged:
-        print("error: the MAP solve did not converge", file=sys.stderr)
-        return 1
-    os.makedirs(out, exist_ok=True)
-    path = os.path.join(out, "oscillator_map.png")
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 3.5))
-    ax.plot(truth["t"], truth["x"], "k--", label="truth")
-    ax.plot(truth["t"], np.asarray(fit.u["x"]), "C0", label="MAP (ODIL, Gauss-Newton)")
-    ax.plot(problem.data["t"], problem.data["y"], "x", color="C3", label="data")
-    ax.set_xlabel("t")
-    ax.set_ylabel("x(t)")
-    ax.legend()
-    fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(suffix=".png", dir=out)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=120)
-        os.replace(tmp, path)  # atomic: a crash never leaves a half-written figure
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        plt.close(fig)
-    print(f"figure: {os.path.abspath(path)}")
+    seg = load_segmentation(args.seg, args.labels)
+    anatomy, files = _anatomy(args)
+    res = run_ctv(seg, anatomy, args.out, settings=_settings(args), patient_id=args.patient_id,
+                  inputs={"segmentation": args.seg, **files}, overwrite=args.overwrite)
+    _print_result(res)
     return 0
+
+
+def _print_result(res) -> None:
+    post = res.summary["posterior"]["origin_world_mm"]
+    print("initial position (world mm, posterior mean +- sd): "
+          + ", ".join(f"{c} {post[c]['mean']:.1f} +- {post[c]['sd']:.1f}" for c in "xyz"))
+    for row in res.summary["ctv"]:
+        print(f"margin {row['margin_mm']:g} mm: standard CTV {row['standard_volume_cm3']:.1f} cm^3, boundary "
+              f"spread median {row['spread_median_mm']:.1f} mm (95%: {row['spread_p95_mm']:.1f} mm), "
+              f"Dice between samples {row['dice_mean']:.3f}")
+    print(f"report: {res.files['report_pdf']}")
+    print(f"        {res.files['report_html']}")
+    print(f"all outputs: {res.out}")
+
+
+def synth(args) -> int:
+    _enable_float64()
+    from .tumor import mni152, synthetic_patient, write_synthetic
+
+    anatomy = mni152(args.resolution)
+    options = {k: v for k, v in (("dw", args.dw), ("rho", args.rho), ("t_final", args.t_final)) if v is not None}
+    patient = synthetic_patient(anatomy, origin=args.origin, **options)
+    paths = write_synthetic(patient, args.out, overwrite=args.overwrite)
+    t = patient.truth
+    print(f"synthetic patient on MNI152 ({args.resolution} mm): origin {[round(v, 1) for v in t['origin_world']]} mm, "
+          f"Dw {t['dw']:g} mm^2/day, rho {t['rho']:g} /day, T {t['t_final']:g} days")
+    print(f"segmentation (BraTS 2021 labels): {paths['seg']}")
+    print(f"tissue maps: {paths['wm']}, {paths['gm']}, {paths['csf']}; truth: {paths['truth']}")
+    return 0
+
+
+def demo(args) -> int:
+    _enable_float64()
+    import time
+
+    from .tumor import mni152, synthetic_patient, write_synthetic
+    from .tumor.pipeline import run_ctv
+    from .tumor.segmentation import load_segmentation
+
+    start = time.perf_counter()
+    out = os.path.abspath(args.out)
+    print("bodil demo: a synthetic glioma grown on the MNI152 anatomy (2 mm), then its posterior CTV ensemble")
+    anatomy = mni152(2)
+    patient = synthetic_patient(anatomy)
+    paths = write_synthetic(patient, os.path.join(out, "patient"), overwrite=True)
+    t = patient.truth
+    print(f"patient: {paths['seg']} (truth: origin {[round(v, 1) for v in t['origin_world']]} mm, "
+          f"Dw {t['dw']:g} mm^2/day, rho {t['rho']:g} /day)")
+    seg = load_segmentation(paths["seg"], "brats2021")
+    res = run_ctv(seg, anatomy, os.path.join(out, "ctv"), settings=_settings(args), patient_id="synthetic-demo",
+                  truth=t, inputs={"segmentation": paths["seg"], "atlas": "mni152 (2 mm, nilearn)"}, overwrite=True)
+    _print_result(res)
+    print(f"demo finished in {time.perf_counter() - start:.0f} s")
+    return 0
+
+
+def _size_options(p):
+    p.add_argument("--grid", type=int, help="points per axis of the box (default 24; the paper: 64)")
+    p.add_argument("--time-points", type=int, help="time nodes (default 12; the paper: 128)")
+    p.add_argument("--samples", type=int, help="posterior samples (default 128; the paper: 512)")
+    p.add_argument("--seed", type=int, help="sampler seed (default 0)")
+    p.add_argument("--t-final", type=float, help="days from onset to imaging (default 100)")
+    p.add_argument("--inner", choices=["forward", "odil"],
+                   help="log p(origin | data) per BASIS evaluation: 'forward' (PDE solved exactly, explicit FK run; "
+                        "default) or 'odil' (an inner ODIL solve, the finite-lambda mode approximation)")
+    p.add_argument("--inner-iterations", type=int, help="Gauss-Newton iterations per inner solve (default 6)")
+    p.add_argument("--paper", action="store_true", help="seed 003's sizes (64^3 x 128, 512 samples; GPU)")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bodil", description="Bayesian inference for PDE inverse problems (B-ODIL).")
     sub = parser.add_subparsers(dest="command", required=True)
-    p_demo = sub.add_parser("demo", help="run the built-in default case end to end")
-    p_demo.add_argument("--out", default="bodil-demo", help="output folder (default: ./bodil-demo)")
+
+    p = sub.add_parser("ctv", help="posterior CTV ensemble and report from a segmentation and tissue maps")
+    p.add_argument("--seg", required=True, help="tumour segmentation (NIfTI)")
+    p.add_argument("--labels", default="brats2021",
+                   help="label convention: brats2021 (1 necrosis, 2 edema, 4 enhancing), brats2023 (1 non-enhancing "
+                        "core, 2 edema, 3 enhancing) or a mapping like '1:core,2:edema,4:core' (default brats2021)")
+    p.add_argument("--wm", help="white-matter fraction map (NIfTI, same grid as --seg)")
+    p.add_argument("--gm", help="grey-matter fraction map")
+    p.add_argument("--csf", help="CSF fraction map (optional)")
+    p.add_argument("--tissue-labels", help="tissue label map (0 background, 1 CSF, 2 GM, 3 WM)")
+    p.add_argument("--atlas", choices=["mni152"], help="use the MNI152 2009 atlas shipped with nilearn")
+    p.add_argument("--resolution", type=int, choices=[1, 2], default=2, help="atlas resolution in mm (default 2)")
+    p.add_argument("--out", required=True, help="output folder (created; must not exist or be empty)")
+    p.add_argument("--patient-id", help="identifier on the report (default: the segmentation's file name)")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    _size_options(p)
+
+    p = sub.add_parser("synth", help="grow a synthetic patient on the MNI152 anatomy")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--resolution", type=int, choices=[1, 2], default=2, help="atlas resolution in mm (default 2)")
+    p.add_argument("--origin", type=float, nargs=3, metavar=("X", "Y", "Z"), help="initial position, world mm")
+    p.add_argument("--dw", type=float, help="white-matter diffusivity, mm^2/day")
+    p.add_argument("--rho", type=float, help="proliferation rate, 1/day")
+    p.add_argument("--t-final", type=float, help="days from onset to imaging")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+
+    p = sub.add_parser("demo", help="the built-in default case end to end (synthetic patient on MNI152)")
+    p.add_argument("--out", default="bodil-demo", help="output folder (default: ./bodil-demo)")
+    _size_options(p)
+
     args = parser.parse_args(argv)
-    if args.command == "demo":
-        return demo(args.out)
-    return 2  # pragma: no cover - argparse rejects unknown commands
+    from .io import InputError
+
+    try:
+        return {"ctv": ctv, "synth": synth, "demo": demo}[args.command](args)
+    except InputError as err:
+        print(f"bodil {args.command}: error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

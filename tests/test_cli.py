@@ -1,11 +1,12 @@
-import os
+"""The bodil command: argument handling. The tumour path end to end: tests/test_tumor_cli.py (synth + ctv, the
+same code `bodil demo` runs)."""
 
 from bodil.cli import main
 
 
-def test_demo_runs_end_to_end(tmp_path, capsys):
-    assert main(["demo", "--out", str(tmp_path)]) == 0
-    out = capsys.readouterr().out
-    assert "converged" in out and "omega^2: MAP" in out
-    assert os.path.getsize(tmp_path / "oscillator_map.png") > 1000
-    assert [p.name for p in tmp_path.iterdir()] == ["oscillator_map.png"]  # no temporary left behind
+def test_unknown_tissue_combination_is_refused(tmp_path, capsys):
+    code = main(["ctv", "--seg", str(tmp_path / "missing.nii.gz"), "--atlas", "mni152", "--wm", "x.nii.gz",
+                 "--out", str(tmp_path / "out")])
+    assert code == 2
+    assert "error" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

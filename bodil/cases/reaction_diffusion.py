@@ -10,10 +10,15 @@ limit ``dt = h^2 / (4 Dmax) = 6.1e-4``; ODIL uses 129 time nodes and the log-pos
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
+
+import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..forward import solve_reaction_diffusion
+from .. import stencil
+from ..forward import cfl_time_step, solve_reaction_diffusion
 from ..grid import Grid
 from ..likelihood import Bernoulli
 from ..posterior import Posterior
@@ -100,3 +105,53 @@ def reaction_diffusion_3d(*, n: int = 32, nt: int = 33, sigma: float = 0.05, rho
     return _build(grid, d, rho=rho, t_final=t_final, center=center, radius=radius, sigma=sigma, lambdas=lambdas,
                   seed=seed, forward_safety=forward_safety, centers=("x0", "y0", "z0"), theta0=theta0, dtype=dtype,
                   case_settings={"case": "3d"})
+
+
+def forward_field(problem: Problem, *, safety: float = 1.0) -> Callable[[dict], jax.Array]:
+    """``theta -> u``: the forward solution from the initial bump at ``theta``, on the ODIL space-time grid.
+
+    The same explicit scheme as ``bodil.forward.solve_reaction_diffusion`` (forward Euler, flux-form
+    ``div(D grad u)``, ``dt <= 1 / (2 sum_k Dmax / h_k^2)`` times ``safety``) that made ``problem.u0``, compiled
+    once for the problem so that it can be called for many ``theta``. Its PDE residual is small (the two
+    schemes differ only in time stepping), which makes it a warm start for the inner solves of the mode
+    approximation far from every previous solution: ``ModeApproximation(..., initial=forward_field(problem))``.
+
+    Args:
+        problem: a ``Problem`` from ``reaction_diffusion_2d`` or ``reaction_diffusion_3d``.
+        safety: fraction of the forward-Euler stability bound used for the step.
+
+    Returns:
+        A jitted function of the constrained parameters ``{"x0": ..., "y0": ...}`` returning an array of the
+        grid's shape ``(nt, *space)`` in the dtype of ``problem.u0``.
+    """
+    settings, grid = problem.settings, problem.grid
+    if not {"rho", "t_final", "radius"} <= set(settings) or "diffusivity" not in problem.truth:
+        raise ValueError("forward_field: the problem does not come from reaction_diffusion_2d/3d (it needs "
+                         "settings rho, t_final, radius and truth['diffusivity']).")
+    if not 0 < safety <= 1:
+        raise ValueError(f"forward_field: safety must be in (0, 1], got {safety}.")
+    space = grid.subgrid(grid.names[1:])
+    centers = tuple(problem.posterior.params.priors)
+    dtype = jnp.asarray(problem.u0).dtype
+    d = np.broadcast_to(np.asarray(problem.truth["diffusivity"], dtype=float), space.shape)
+    faces = tuple(f.astype(dtype) for f in stencil.face_diffusivities(d, space.shape, space.spacing, space.periodic))
+    rho, radius = settings["rho"], settings["radius"]
+    interval = settings["t_final"] / (grid.shape[0] - 1)  # the ODIL time nodes are equally spaced
+    steps = max(1, math.ceil(interval / cfl_time_step(float(d.max()), space.spacing, safety) - 1e-9))
+    dt = interval / steps
+
+    def rate(u):
+        return stencil.diffusion_operator(u, faces, space.periodic) + rho * u * (1.0 - u)
+
+    def advance(u, _):
+        u = jax.lax.fori_loop(0, steps, lambda i, v: v + dt * rate(v), u)
+        return u, u
+
+    @jax.jit
+    def field(theta):
+        th = {k: jnp.asarray(theta[k], dtype) for k in centers}
+        u0 = gaussian_profile(th, grid, centers, radius).astype(dtype)
+        _, us = jax.lax.scan(advance, u0, None, length=grid.shape[0] - 1)
+        return jnp.concatenate([u0[None], us])
+
+    return field

@@ -3,10 +3,19 @@
     log p(theta | D) ~ log p(u*(theta), theta | D),   u*(theta) = argmax_u log p(u, theta | D).
 
 Each evaluation is an inner MAP solve over the field with theta held fixed (preconditioned Gauss-Newton,
-``bodil.optimize.gauss_newton.GaussNewton``, compiled once), warm-started from the stored solution whose
-parameters are nearest (in unconstrained coordinates). Every evaluation is recorded with its inner
-iterations, gradient norm, converged flag and wall time; an inner solve that did not converge raises
-(``on_failure="raise"``, default) or gives ``-inf`` with the reason recorded (``on_failure="-inf"``).
+``bodil.optimize.gauss_newton.GaussNewton``, compiled once). It starts from the stored solution whose
+parameters are nearest (in unconstrained coordinates) or, when an ``initial(theta)`` field is given (for
+example a forward solve from the initial condition at theta), from whichever of the two has the lower
+objective ``-log p(u, theta | D)``. Every evaluation is recorded with its start, inner iterations, gradient
+norm, converged flag and wall time. An inner solve that did not converge raises (``on_failure="raise"``,
+default), gives ``-inf`` (``"-inf"``), or keeps the value it reached (``"lower-bound"``): any field gives
+``log p(u, theta | D) <= max_u log p(u, theta | D)``, so the kept value is a lower bound of the mode value,
+useful where such points lie far below the mode and only need to be ranked low (annealed samplers).
+
+The inner solve stops on the Newton decrement: ``-g.p <= ftol * max(|f|, 1)``, with ``-g.p`` about twice
+the remaining ``f - f*`` near the solution, so ``ftol * |f|`` is the accuracy of the log density in nats (the
+default ``ftol = 1e-12`` of ``GaussNewton`` is far tighter than a sampler needs; ``1e-9`` is plenty where
+``|f|`` is in the hundreds). ``gtol`` is an absolute bound on ``|grad f|_inf``, a secondary stop.
 
 Where ``log p`` is quadratic in ``u`` (linear PDE, Gaussian likelihood) the marginal is exact with the
 log-determinant term (seed 003, after eq. 14):
@@ -19,6 +28,7 @@ log-determinant term (seed 003, after eq. 14):
 from __future__ import annotations
 
 import math
+import time
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -30,8 +40,16 @@ from ..optimize.gauss_newton import GaussNewton
 from ..optimize.objective import Objective
 
 
+ON_FAILURE = ("raise", "-inf", "lower-bound")
+
+
 class Evaluation(NamedTuple):
-    """One evaluation of the mode approximation."""
+    """One evaluation of the mode approximation.
+
+    ``start`` says where the inner solve began: ``"cache"`` (the nearest stored solution), ``"initial"``
+    (the ``initial(theta)`` field) or ``"none"`` (outside the prior support, not solved).
+    ``warm_start_distance`` is the distance, in unconstrained parameters, to the nearest stored solution.
+    """
 
     theta: dict
     log_density: float
@@ -39,8 +57,9 @@ class Evaluation(NamedTuple):
     grad_norm: float
     converged: bool
     message: str
-    wall_time: float
+    wall_time: float  # seconds, choosing the start included
     warm_start_distance: float
+    start: str = "cache"
 
 
 class ModeApproximation:
@@ -50,12 +69,22 @@ class ModeApproximation:
         posterior: a ``bodil.Posterior`` with at least one inferred parameter.
         u0: the first starting field (a forward solution or the MAP).
         theta0: the parameters ``u0`` belongs to (constrained; default: prior means).
-        max_iter, gtol, ftol: inner Gauss-Newton stopping rules (``GaussNewton.run``).
-        on_failure: ``"raise"`` or ``"-inf"`` for inner solves that did not converge.
-        cache_size: how many previous solutions are kept for warm starts.
+        max_iter, gtol, ftol: inner Gauss-Newton stopping rules (``GaussNewton.run``; see the module doc).
+        on_failure: ``"raise"``, ``"-inf"`` or ``"lower-bound"`` (keep the value reached) for inner solves
+            that did not converge.
+        cache_size: how many previous solutions are kept for warm starts (each is one field: for an annealed
+            sampler a few times its number of particles lets every proposal start next to its seed).
         keep: optional ``keep(u, theta) -> array``; then ``log_likelihood`` returns ``(value, keep(u*, theta))``
             so samplers can carry, say, the field at the final time with each sample.
+        initial: optional ``initial(theta) -> u``, a field of ``u0``'s structure (e.g. a forward solve started
+            at theta, ``bodil.cases.reaction_diffusion.forward_field``); each solve starts from it instead of
+            the nearest stored solution when its objective is lower.
         **solver_options: passed to ``GaussNewton`` (``preconditioner``, ``cg_maxiter``...).
+
+    Attributes:
+        records: one ``Evaluation`` per call, in order.
+        run_options: the inner stopping rules ``{"max_iter", "gtol", "ftol"}``; they may be changed between
+            evaluations (e.g. a higher ``max_iter`` to re-solve chosen points) without recompiling.
 
     Example:
         >>> mode = ModeApproximation(post, fit.u, fit.theta)
@@ -65,41 +94,59 @@ class ModeApproximation:
 
     def __init__(self, posterior, u0, theta0: dict | None = None, *, max_iter: int = 50, gtol: float = 1e-6,
                  ftol: float | None = None, on_failure: str = "raise", cache_size: int = 32,
-                 keep: Callable | None = None, **solver_options: Any):
+                 keep: Callable | None = None, initial: Callable | None = None, **solver_options: Any):
         if not posterior.params.priors:
             raise ValueError("ModeApproximation: the posterior has no inferred parameters; give Params a prior.")
-        if on_failure not in ("raise", "-inf"):
-            raise ValueError(f"ModeApproximation: on_failure must be 'raise' or '-inf', got {on_failure!r}.")
+        if on_failure not in ON_FAILURE:
+            raise ValueError(f"ModeApproximation: on_failure must be one of {ON_FAILURE}, got {on_failure!r}.")
         if cache_size < 1:
             raise ValueError(f"ModeApproximation: cache_size must be at least 1, got {cache_size}.")
+        if initial is not None and not callable(initial):
+            raise TypeError(f"ModeApproximation: initial must be a function theta -> u, got {type(initial).__name__}.")
         theta0 = posterior.initial_theta() if theta0 is None else theta0
         self.posterior = posterior
         self.objective = Objective(posterior, u0, theta0)
         self.solver = GaussNewton(self.objective, **solver_options)
         self.n_field = self.solver.n_field
         self.run_options = dict(max_iter=max_iter, gtol=gtol, ftol=ftol)
-        self.on_failure, self.cache_size, self.keep = on_failure, cache_size, keep
+        self.on_failure, self.cache_size, self.keep, self.initial = on_failure, cache_size, keep, initial
         self.records: list[Evaluation] = []
         x0 = self.objective.x0
         self._cache: list[tuple[np.ndarray, jax.Array]] = [(np.asarray(x0[self.n_field:]), x0)]
+        self._value = jax.jit(self.objective.value)
         self._hessian_logdet = None
 
     # ------------------------------------------------------------------ inner solve
+    def _initial_start(self, theta: dict, z_flat) -> jax.Array:
+        u = self.initial({k: np.asarray(v) for k, v in theta.items()})
+        u_flat = ravel_pytree(u)[0]
+        if u_flat.size != self.n_field:
+            raise ValueError(f"ModeApproximation: initial(theta) returned a field with {u_flat.size} values; the "
+                             f"posterior's field has {self.n_field} (give a field of u0's shape).")
+        return jnp.concatenate([u_flat.astype(z_flat.dtype), z_flat])
+
     def solve(self, theta: dict):
         """``(u*(theta), Evaluation)``: the field maximising ``log p(u, theta | D)`` and its diagnostics."""
+        t0 = time.perf_counter()
         theta = {k: jnp.asarray(v, self.objective.x0.dtype) for k, v in theta.items()}
         try:
             z = self.posterior.params.unconstrain(theta)
         except ValueError:  # outside the prior's support
             ev = Evaluation({k: np.asarray(v) for k, v in theta.items()}, -math.inf, 0, math.nan, True,
-                            "outside the prior support", 0.0, math.nan)
+                            "outside the prior support", 0.0, math.nan, "none")
             self.records.append(ev)
             return None, ev
         z_flat = ravel_pytree(z)[0]
         zn = np.asarray(z_flat)
-        dists = [float(np.linalg.norm(zn - zc)) for zc, _ in self._cache]
+        dists = np.linalg.norm(np.stack([zc for zc, _ in self._cache]) - zn, axis=1)
         nearest = int(np.argmin(dists))
         x_start = jnp.concatenate([self._cache[nearest][1][: self.n_field], z_flat])
+        start = "cache"
+        if self.initial is not None:
+            x_init = self._initial_start(theta, z_flat)
+            f_cache, f_init = float(self._value(x_start)), float(self._value(x_init))
+            if f_init < f_cache or not math.isfinite(f_cache):
+                x_start, start = x_init, "initial"
         x, rep = self.solver.run(x_start, fix_theta=True, **self.run_options)
         log_density = -rep.loss
         converged = rep.converged and math.isfinite(rep.loss)
@@ -109,15 +156,17 @@ class ModeApproximation:
                 raise RuntimeError(f"ModeApproximation: the inner MAP solve at theta="
                                    f"{ {k: np.asarray(v).tolist() for k, v in theta.items()} } did not converge "
                                    f"({message}; {rep.iterations} iterations, |grad|_inf {rep.grad_norm:.3g}). "
-                                   "Raise max_iter, loosen gtol, or pass on_failure='-inf' to give such points "
-                                   "zero posterior weight.")
-            log_density = -math.inf
-        else:
+                                   "Raise max_iter, loosen ftol, pass initial= a better starting field, or pass "
+                                   "on_failure='-inf' (zero posterior weight) or 'lower-bound' (keep the value "
+                                   "reached).")
+            if self.on_failure == "-inf" or not math.isfinite(rep.loss):
+                log_density = -math.inf
+        if math.isfinite(log_density):  # a solution whose value is used: a warm start for later solves
             self._cache.append((zn, x))
             if len(self._cache) > self.cache_size:
                 self._cache.pop(1)  # keep the starting point, drop the oldest solution
         ev = Evaluation({k: np.asarray(v) for k, v in theta.items()}, float(log_density), rep.iterations,
-                        rep.grad_norm, converged, message, rep.wall_time, dists[nearest])
+                        rep.grad_norm, converged, message, time.perf_counter() - t0, float(dists[nearest]), start)
         self.records.append(ev)
         u, _ = self.objective.position(x)
         return u, ev
@@ -166,13 +215,27 @@ class ModeApproximation:
 
     # ------------------------------------------------------------------ diagnostics
     def summary(self) -> dict:
-        """Counts and totals over all evaluations so far."""
+        """Counts and totals over all evaluations so far.
+
+        ``unconverged``: inner solves that hit ``max_iter`` or a failed line search (their value is ``-inf``
+        or, with ``on_failure="lower-bound"``, a lower bound); ``max_unconverged_log_density``: the highest
+        value among them (compare it with the mode: far below it, their inaccuracy does not matter);
+        ``from_initial``: solves started from ``initial(theta)`` rather than a stored solution;
+        ``max_grad_norm`` and ``max_converged_grad_norm``: the largest final ``|grad f|_inf`` of all solves and of
+        the converged ones.
+        """
         recs = self.records
-        solved = [r for r in recs if r.message != "outside the prior support"]
+        solved = [r for r in recs if r.start != "none"]
+        its = [r.iterations for r in solved]
+        bad = [r.log_density for r in solved if not r.converged]
         return {"evaluations": len(recs), "inner_solves": len(solved),
-                "unconverged": sum(not r.converged for r in solved),
-                "mean_inner_iterations": float(np.mean([r.iterations for r in solved])) if solved else 0.0,
+                "unconverged": len(bad),
+                "mean_inner_iterations": float(np.mean(its)) if solved else 0.0,
+                "median_inner_iterations": float(np.median(its)) if solved else 0.0,
                 "max_grad_norm": float(np.max([r.grad_norm for r in solved])) if solved else 0.0,
+                "max_converged_grad_norm": max([r.grad_norm for r in solved if r.converged], default=0.0),
+                "max_unconverged_log_density": float(np.max(bad)) if bad else -math.inf,
+                "from_initial": sum(r.start == "initial" for r in solved),
                 "wall_time": float(sum(r.wall_time for r in solved))}
 
     def __repr__(self) -> str:

@@ -1,0 +1,191 @@
+"""Fisher-Kolmogorov tumour growth in physical units (mm, days), explicit finite differences.
+
+    u_t = div(D grad u) + rho u (1 - u),     D = Dw c_w + Dg c_g          (seed 003 eq. 26, 29)
+
+with ``c_w``, ``c_g`` the white- and grey-matter fractions, ``Dw``, ``Dg`` in mm^2/day and ``rho`` in 1/day.
+Space is a grid of cell centres ``x_i = (i + 1/2) h`` (mm) with no-flux walls on the outer faces. The
+space operator is the flux form of ``bodil.stencil`` (seed 003 eq. 33): face diffusivity = mean of the two
+neighbours, and zero where the tissue fraction ``c_w + c_g`` is below ``tissue_threshold`` (0.1 in GliODIL)
+on either side, so nothing flows into CSF or background.
+
+Time stepping is forward Euler with the step
+
+    dt <= min( safety / (2 sum_k Dmax / h_k^2),  max_rho_dt / rho )
+
+the first bound is the explicit stability limit (``bodil.forward.fd.cfl_time_step``), the second keeps the
+reaction accurate when diffusion is slow (Euler's growth error is about ``rho dt / 2`` relative, and
+``rho dt > 1`` would overshoot ``u = 1``). The initial condition is GliODIL's clipped Gaussian (seed 003
+eq. 27-28): ``u_0 = M / (4 pi Dt^2)^{3/2} exp(-|x - x_0|^2 / (4 Dt^2))``, set to 0 where ``u_0 <= 0.1`` and
+clipped at 1, with ``M = 1500`` and ``Dt^2 = 15 mm^2``.
+
+Everything is JAX (one compiled time loop per grid shape and dtype), so it runs unchanged on a GPU. The
+dtype is taken from ``u0``.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .. import stencil
+from ..grid import Grid
+from ..residuals.initial import clipped_gaussian_profile
+from .fd import cfl_time_step
+
+
+def _spacing(spacing_mm, ndim: int, where: str) -> tuple[float, ...]:
+    h = np.asarray(spacing_mm, dtype=float)
+    if h.ndim == 0:
+        h = np.full(ndim, float(h))
+    if h.shape != (ndim,):
+        raise ValueError(f"{where}: spacing_mm must be a number or {ndim} numbers (one per axis), got "
+                         f"{spacing_mm!r}.")
+    if not np.all(np.isfinite(h)) or np.any(h <= 0):
+        raise ValueError(f"{where}: spacing_mm must be positive, got {tuple(h)} mm.")
+    return tuple(float(x) for x in h)
+
+
+def fk_initial_condition(shape: Sequence[int], spacing_mm, origin_mm, *, mass: float = 1500.0,
+                         dt2: float = 15.0, cutoff: float = 0.1, dtype=None):
+    """GliODIL's initial tumour (seed 003 eq. 27-28) on a grid of cell centres ``(i + 1/2) h`` (mm).
+
+    ``u_0 = M / (4 pi Dt^2)^{d/2} exp(-|x - x_0|^2 / (4 Dt^2))``, 0 where ``u_0 <= cutoff``, at most 1.
+
+    Args:
+        shape: grid shape (any number of axes, usually 3).
+        spacing_mm: ``h`` in mm, one number or one per axis.
+        origin_mm: ``x_0`` in the array frame, mm from the grid's lower corner (the point ``i`` sits at
+            ``(i + 1/2) h``).
+        mass: ``M`` (mm^d, concentration x volume before clipping).
+        dt2: ``Dt^2`` in mm^2 (the Gaussian's variance is ``2 Dt^2`` per axis).
+        cutoff: values at or below it are set to 0.
+        dtype: of the result (default JAX's default float).
+
+    Returns:
+        Array of ``shape``.
+    """
+    shape = tuple(int(n) for n in shape)
+    h = _spacing(spacing_mm, len(shape), "fk_initial_condition")
+    x0 = np.asarray(origin_mm, dtype=float)
+    if x0.shape != (len(shape),) or not np.all(np.isfinite(x0)):
+        raise ValueError(f"fk_initial_condition: origin_mm must be {len(shape)} finite numbers, got {origin_mm!r}.")
+    if not mass > 0 or not dt2 > 0:
+        raise ValueError(f"fk_initial_condition: mass and dt2 must be positive, got {mass} and {dt2}.")
+    names = tuple(f"x{k}" for k in range(len(shape)))
+    # clipped_gaussian_profile works on a space-time grid (time first); a two-point time axis carries it
+    grid = Grid(shape=(2, *shape), lower=(0.0,) * (len(shape) + 1),
+                upper=(1.0, *(n * hk for n, hk in zip(shape, h))), names=("t", *names),
+                layout=("node",) + ("cell",) * len(shape))
+    u0 = clipped_gaussian_profile({}, grid, tuple(float(c) for c in x0), mass, dt2, cutoff)  # space shape
+    return jnp.asarray(u0, dtype=dtype)
+
+
+@functools.partial(jax.jit, static_argnums=5)
+def _faces(wm, gm, dw, dg, threshold, spacing):
+    """Face ``D / h^2`` per axis (zero on faces touching non-tissue) and the largest tissue ``D``."""
+    d = dw * wm + dg * gm
+    tissue = (wm + gm) >= threshold
+    faces = stencil.face_diffusivities(d, wm.shape, spacing, (False,) * wm.ndim, tissue)
+    return faces, jnp.max(jnp.where(tissue, d, 0.0))
+
+
+@jax.jit
+def _advance(u, faces, rho, dt, n):
+    """``n`` forward-Euler steps of ``u += dt (A u + rho u (1 - u))`` (walled axes)."""
+    periodic = (False,) * len(faces)
+
+    def step(_, v):
+        return v + dt * (stencil.diffusion_operator(v, faces, periodic) + rho * v * (1.0 - v))
+
+    return jax.lax.fori_loop(0, n, step, u)
+
+
+def _check_field(name: str, value, shape, dtype):
+    """The field as a JAX array of ``dtype`` after checking its shape and values (checks run in NumPy:
+    eager JAX reductions would each compile a kernel per shape)."""
+    host = np.asarray(value)
+    if tuple(host.shape) != tuple(shape):
+        raise ValueError(f"solve_fk: {name} has shape {tuple(host.shape)} but u0 has shape {tuple(shape)}; "
+                         f"give all fields on the same grid.")
+    if not np.all(np.isfinite(host)):
+        raise ValueError(f"solve_fk: {name} contains NaN or infinite values.")
+    lo, hi = float(host.min(initial=0.0)), float(host.max(initial=0.0))
+    if lo < 0.0 or hi > 1.0:
+        raise ValueError(f"solve_fk: {name} must lie in [0, 1], got values in [{lo}, {hi}].")
+    return jnp.asarray(value, dtype=dtype)
+
+
+def solve_fk(u0, wm, gm, spacing_mm, *, dw: float, dg: float, rho: float, t_final: float, times=None,
+             tissue_threshold: float = 0.1, safety: float = 0.9, max_rho_dt: float = 0.05,
+             max_steps: int = 10_000_000):
+    """Integrate ``u_t = div((Dw c_w + Dg c_g) grad u) + rho u (1 - u)`` from ``u0`` (mm, days).
+
+    Args:
+        u0: initial concentration in ``[0, 1]`` (for example ``fk_initial_condition``). Values in voxels cut
+            off from tissue stay there and only grow logistically; zero them if that is unwanted.
+        wm, gm: white- and grey-matter fractions ``c_w``, ``c_g`` in ``[0, 1]``, same shape as ``u0``.
+        spacing_mm: voxel size ``h`` in mm, one number or one per axis.
+        dw, dg: diffusivity in white and grey matter, mm^2/day (non-negative).
+        rho: proliferation rate, 1/day (non-negative).
+        t_final: final time in days.
+        times: increasing output times in ``[0, t_final]`` (days); default ``[t_final]``. Each is reached
+            exactly by shortening the steps of the interval that ends on it.
+        tissue_threshold: faces with ``c_w + c_g`` below it on either side carry no flux.
+        safety: fraction of the explicit stability bound used for the step (< 1).
+        max_rho_dt: largest ``rho dt`` per step (reaction accuracy; Euler's relative growth error is about
+            half of it).
+        max_steps: refuse to run more steps than this (a too-fine grid or a huge ``Dw``).
+
+    Returns:
+        Array of shape ``(len(times), *u0.shape)``, dtype of ``u0``.
+    """
+    u0 = jnp.asarray(u0)
+    if not jnp.issubdtype(u0.dtype, jnp.floating):
+        u0 = u0.astype(jnp.result_type(float))
+    shape = tuple(u0.shape)
+    if len(shape) < 1:
+        raise ValueError("solve_fk: u0 must have at least one axis.")
+    h = _spacing(spacing_mm, len(shape), "solve_fk")
+    u0 = _check_field("u0", u0, shape, u0.dtype)
+    wm = _check_field("wm", wm, shape, u0.dtype)
+    gm = _check_field("gm", gm, shape, u0.dtype)
+    for name, value in (("dw", dw), ("dg", dg), ("rho", rho), ("t_final", t_final)):
+        if not (np.ndim(value) == 0 and np.isfinite(float(value)) and float(value) >= 0):
+            raise ValueError(f"solve_fk: {name} must be a non-negative number, got {value!r}.")
+    if not 0 < safety <= 1 or not max_rho_dt > 0:
+        raise ValueError(f"solve_fk: need 0 < safety <= 1 and max_rho_dt > 0, got {safety} and {max_rho_dt}.")
+    dw, dg, rho, t_final = float(dw), float(dg), float(rho), float(t_final)
+    times = np.atleast_1d(np.asarray([t_final] if times is None else times, dtype=float))
+    if times.ndim != 1 or np.any(np.diff(times) < 0) or times[0] < 0 or times[-1] > t_final * (1 + 1e-12):
+        raise ValueError(f"solve_fk: times must be increasing within [0, t_final = {t_final}], got {times}.")
+
+    faces, d_max = _faces(wm, gm, jnp.asarray(dw, u0.dtype), jnp.asarray(dg, u0.dtype),
+                          jnp.asarray(tissue_threshold, u0.dtype), h)
+    d_max = float(d_max)
+    dt_max = math.inf
+    if d_max > 0:
+        dt_max = cfl_time_step(d_max, h, safety)
+    if rho > 0:
+        dt_max = min(dt_max, max_rho_dt / rho)
+
+    out, u, t = [], u0, 0.0
+    rho_arr = jnp.asarray(rho, u0.dtype)
+    for target in times:
+        span = float(target) - t
+        n = 0
+        if span > 0:
+            n = 1 if math.isinf(dt_max) else int(math.ceil(span / dt_max - 1e-9))
+        if n > max_steps:
+            raise ValueError(f"solve_fk: {n} time steps needed (dt <= {dt_max:.3g} days for h = {h} mm, "
+                             f"Dmax = {d_max:.3g} mm^2/day, rho = {rho:.3g}/day); coarsen the grid, shorten "
+                             f"t_final or raise max_steps.")
+        if n:
+            u = _advance(u, faces, rho_arr, jnp.asarray(span / n, u0.dtype), n)
+        t = float(target)
+        out.append(u)
+    return jnp.stack(out)

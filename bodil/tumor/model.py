@@ -1,0 +1,240 @@
+"""The GliODIL posterior for one patient (seed 003 sec. 3.4, eq. 26-32).
+
+On a cubic box of side ``L`` mm around the tumour (``n^3`` cell-centred points, spacing ``h = L / n``) and
+``n_t`` time nodes on ``[0, T]`` days, the unknowns are the tumour-cell concentration ``u(t, x)`` and
+
+    theta = (Dw [mm^2/day], ratio = Dw / Dg, rho [1/day], x0, y0, z0 [mm, box frame], tau_lo, tau_up).
+
+The posterior is (eq. 32, with GliODIL's time scaled to ``[0, 1]``)
+
+    -log p(u, theta | D) = lambda_PDE T^2 sum r^2 + lambda_IC sum (u(0) - u_IC)^2 + L(D; u, theta) - log p(theta),
+
+* ``r``: the Crank-Nicolson residual of ``u_t = div(D grad u) + rho u (1 - u)`` (eq. 26, 33-35) with
+  ``D = Dw c_w + Dg c_g`` (eq. 29) and no flux across faces that touch a point with ``c_w + c_g < 0.1``
+  (no flux into CSF or background). The factor ``T^2`` makes ``lambda_PDE`` the weight of the residual of
+  the equation in the scaled time ``t / T`` that GliODIL uses, so ``lambda_PDE = 1e3`` means what it means in
+  the paper whatever ``T`` is;
+* ``u_IC``: the clipped Gaussian seed of eq. 27-28 (``M = 1500``, ``Dt^2 = 15 mm^2``) at ``(x0, y0, z0)``;
+* ``L``: the interval likelihood of eq. 30-31 (``sigma = 0.05``) on the segmentation classes at ``t = T``,
+  or the smooth three-class model of appendix B (``likelihood="sigmoid"``).
+
+Only ``D T`` and ``rho T`` are identifiable from one image; ``T`` is fixed (default 100 days).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+from numpyro import distributions as dist
+
+from ..forward.fk import solve_fk
+from ..grid import Grid
+from ..likelihood import CORE, EDEMA, IntervalHinge, ThreeClassSigmoid
+from ..posterior import Posterior
+from ..prior import Params, PDEPrior, Uniform
+from ..residuals import clipped_gaussian, clipped_gaussian_profile, fisher_kpp
+
+PARAMETERS = ("Dw", "ratio", "rho", "x0", "y0", "z0", "tau_lo", "tau_up")
+ORIGIN = ("x0", "y0", "z0")
+UNITS = {"Dw": "mm^2/day", "Dg": "mm^2/day", "ratio": "", "rho": "1/day", "x0": "mm", "y0": "mm", "z0": "mm",
+         "tau_lo": "", "tau_up": "", "T": "day"}
+TISSUE_THRESHOLD = 0.1
+
+
+def default_priors(origin_lower, origin_upper) -> dict[str, dist.Distribution]:
+    """Priors on theta: log-uniform ``Dw`` in [0.001, 10] mm^2/day, ``Dw/Dg`` in [10, 1000] (GliODIL's range),
+    ``rho`` in [0.001, 1] /day (DESIGN.md), origin uniform over ``[origin_lower, origin_upper]`` (mm; ``tumor_model``
+    uses the bounding box of the visible core widened by one grid point: the tumour started inside what is now its
+    core), and
+    ``tau_lo`` in [0.05, 0.5], ``tau_up`` in [0.5, 0.95] so that ``0 < tau_lo < tau_up < 1``."""
+    lo, up = np.asarray(origin_lower, float), np.asarray(origin_upper, float)
+    return {"Dw": dist.LogUniform(1e-3, 10.0), "ratio": dist.LogUniform(10.0, 1000.0),
+            "rho": dist.LogUniform(1e-3, 1.0),
+            **{c: Uniform(float(a), float(b)) for c, a, b in zip(ORIGIN, lo, up)},
+            "tau_lo": Uniform(0.05, 0.5), "tau_up": Uniform(0.5, 0.95)}
+
+
+@dataclasses.dataclass
+class TumorModel:
+    """The GliODIL posterior on one box, with everything needed to start and read it.
+
+    Attributes:
+        posterior: the ``bodil.Posterior`` over ``(u, theta)``.
+        grid: the space-time grid (``t`` in days, ``x, y, z`` in mm of the box frame).
+        wm, gm: white- and grey-matter fractions on the box points.
+        classes: segmentation classes on the box points (0 healthy, 1 edema, 2 core, -1 ignored).
+        settings: the numbers that define the model (for reports).
+    """
+
+    posterior: Posterior
+    grid: Grid
+    wm: np.ndarray
+    gm: np.ndarray
+    classes: np.ndarray
+    settings: dict
+
+    @property
+    def space(self) -> Grid:
+        return self.grid.subgrid(self.grid.names[1:])
+
+    @property
+    def spacing(self) -> float:
+        return float(self.grid.spacing[1])
+
+    def diffusivity(self, theta) -> Any:
+        """``D = Dw c_w + (Dw / ratio) c_g`` (eq. 29) on the box points."""
+        return theta["Dw"] * self.wm + theta["Dw"] / theta["ratio"] * self.gm
+
+    def initial_condition(self, theta) -> Any:
+        """The clipped Gaussian seed of eq. 27-28 at ``theta``'s origin."""
+        s = self.settings
+        return clipped_gaussian_profile(theta, self.grid, ORIGIN, s["mass"], s["dt2"])
+
+    def forward(self, theta, dtype=None) -> jnp.ndarray:
+        """Explicit finite-difference solution (``bodil.forward.fk``) at every time node: the ODIL starting field."""
+        theta = self.posterior.params.merge(theta)
+        u0 = jnp.asarray(self.initial_condition(theta), dtype)
+        dw = float(theta["Dw"])
+        return solve_fk(u0, self.wm, self.gm, self.spacing, dw=dw, dg=dw / float(theta["ratio"]),
+                        rho=float(theta["rho"]), t_final=self.settings["t_final"], times=self.grid.coordinates(0),
+                        tissue_threshold=TISSUE_THRESHOLD)
+
+    def with_fixed(self, theta: dict, infer=ORIGIN) -> "TumorModel":
+        """The same model with every parameter not in ``infer`` fixed at its value in ``theta``."""
+        params = self.posterior.params
+        entries = {}
+        for name in PARAMETERS:
+            if name in infer:
+                if name not in params.priors:
+                    raise ValueError(f"TumorModel.with_fixed: {name!r} has no prior in this model.")
+                entries[name] = params.priors[name]
+            else:
+                entries[name] = float(theta[name]) if name in theta else params.fixed[name]
+        post = Posterior(self.posterior.prior, self.posterior.likelihoods, Params(**entries))
+        return dataclasses.replace(self, posterior=post)
+
+
+def tumor_model(wm, gm, classes, side_mm: float, *, nt: int = 32, t_final: float = 100.0,
+                infer=PARAMETERS, fixed: dict | None = None, priors: dict | None = None,
+                lambda_pde: float = 1e3, lambda_ic: float = 200.0, sigma: float = 0.05,
+                likelihood: str = "interval", mass: float = 1500.0, dt2: float = 15.0) -> TumorModel:
+    """Build the GliODIL posterior on a cubic box.
+
+    Args:
+        wm, gm: white/grey-matter fractions on the ``n^3`` box points (``bodil.tumor.Crop.to_box``).
+        classes: segmentation classes on the box (0 healthy, 1 edema, 2 core); points without tissue
+            (``c_w + c_g < 0.1``) are ignored by the likelihood.
+        side_mm: side of the box in mm (spacing ``side_mm / n``).
+        nt: time nodes on ``[0, t_final]`` (the paper: 128).
+        t_final: imaging time ``T`` in days.
+        infer: the parameters with priors (the rest are fixed, see ``fixed``).
+        fixed: values of the parameters not inferred (defaults: ``ratio = 10``, ``tau_lo = 0.25``,
+            ``tau_up = 0.675``, DESIGN.md).
+        priors: overrides of ``default_priors``.
+        lambda_pde, lambda_ic, sigma: eq. 32 and 30 (paper: 1e3, 200, 0.05).
+        likelihood: ``"interval"`` (eq. 30, the paper's) or ``"sigmoid"`` (eq. 36).
+        mass, dt2: the seed's ``M`` and ``Dt^2`` in mm^2 (eq. 28).
+    """
+    wm, gm, classes = np.asarray(wm, float), np.asarray(gm, float), np.asarray(classes)
+    if wm.ndim != 3 or len(set(wm.shape)) != 1 or gm.shape != wm.shape or classes.shape != wm.shape:
+        raise ValueError(f"tumor_model: wm, gm and classes must be the same cube (n, n, n); got {wm.shape}, "
+                         f"{gm.shape}, {classes.shape}. Resample with bodil.tumor.Crop.to_box.")
+    if not np.any(classes == CORE):
+        raise ValueError("tumor_model: the segmentation has no core voxel inside the box.")
+    unknown = set(infer) - set(PARAMETERS)
+    if unknown:
+        raise ValueError(f"tumor_model: unknown parameters {sorted(unknown)}; choose from {PARAMETERS}.")
+    if likelihood not in ("interval", "sigmoid"):
+        raise ValueError(f"tumor_model: likelihood must be 'interval' or 'sigmoid', got {likelihood!r}.")
+    n = wm.shape[0]
+    grid = Grid(shape=(nt, n, n, n), lower=0.0, upper=(t_final, side_mm, side_mm, side_mm),
+                names=("t", "x", "y", "z"), layout=("node", "cell", "cell", "cell"))
+    tissue = wm + gm
+    classes = np.where(tissue >= TISSUE_THRESHOLD, classes, -1).astype(np.int8)
+    core = np.argwhere(classes == CORE)
+    h = side_mm / n
+    lower, upper = (core.min(axis=0) - 0.5) * h, (core.max(axis=0) + 1.5) * h  # the core's box, one point wider
+    all_priors = {**default_priors(lower, upper), **(priors or {})}
+    all_fixed = {"ratio": 10.0, "tau_lo": 0.25, "tau_up": 0.675, **(fixed or {})}
+    entries = {}
+    for name in PARAMETERS:
+        if name in infer:
+            entries[name] = all_priors[name]
+        elif name in all_fixed:
+            entries[name] = float(all_fixed[name])
+        else:
+            raise ValueError(f"tumor_model: {name!r} is neither inferred nor given in fixed=.")
+    wm_j, gm_j = jnp.asarray(wm), jnp.asarray(gm)
+    residual = fisher_kpp(lambda th, g: th["Dw"] * wm_j + th["Dw"] / th["ratio"] * gm_j, "rho",
+                          tissue=jnp.asarray(tissue), tissue_threshold=TISSUE_THRESHOLD)
+    prior = PDEPrior(residual, grid, beta=lambda_pde * t_final**2, reduction="sum",
+                     initial=clipped_gaussian(ORIGIN, mass, dt2), beta_initial=lambda_ic)
+    cls = IntervalHinge if likelihood == "interval" else ThreeClassSigmoid
+    lik = cls(lambda u, th: u[-1], classes, "tau_lo", "tau_up", sigma=sigma)
+    post = Posterior(prior, lik, Params(**entries))
+    settings = dict(n=n, nt=nt, side_mm=float(side_mm), spacing_mm=float(h), t_final=float(t_final),
+                    lambda_pde=lambda_pde, lambda_ic=lambda_ic, sigma=sigma, likelihood=likelihood, mass=mass,
+                    dt2=dt2, infer=tuple(infer), fixed={k: v for k, v in entries.items() if k not in infer})
+    return TumorModel(post, grid, wm, gm, classes, settings)
+
+
+def initial_guess(model: TumorModel) -> dict:
+    """A starting theta from the segmentation alone.
+
+    The origin is the core's centre of mass. For the growth parameters, a Fisher-KPP front moves at
+    ``c = 2 sqrt(D rho)`` and decays ahead of itself over ``sqrt(D / rho)``; with ``R_e`` the radius of the
+    visible tumour (edema + core) and ``dR`` the thickness of the edema rim, ``sqrt(D rho) ~ R_e / (2 T)`` and
+    ``sqrt(D / rho) ~ dR``, so ``D ~ R_e dR / (2 T)`` and ``rho ~ R_e / (2 T dR)`` (clipped to the priors).
+    """
+    h, t = model.spacing, model.settings["t_final"]
+    voxel = h**3
+    core = model.classes == CORE
+    visible = model.classes >= EDEMA
+    r_core = (3 * core.sum() * voxel / (4 * np.pi)) ** (1 / 3)
+    r_vis = (3 * visible.sum() * voxel / (4 * np.pi)) ** (1 / 3)
+    d_r = max(r_vis - r_core, h)
+    theta = {"Dw": r_vis * d_r / (2 * t), "rho": r_vis / (2 * t * d_r)}
+    centre = (np.argwhere(core).mean(axis=0) + 0.5) * h
+    theta.update(zip(ORIGIN, centre))
+    theta.update(ratio=10.0, tau_lo=0.25, tau_up=0.675)
+    params = model.posterior.params
+    out = {}
+    for name in params.priors:
+        prior = params.priors[name]
+        lo, up = float(prior.support.lower_bound), float(prior.support.upper_bound)
+        pad = 1e-3 * (up - lo)
+        out[name] = float(np.clip(theta[name], lo + pad, up - pad))
+    return out
+
+
+def fit_forward(model: TumorModel, theta0: dict, *, max_evaluations: int = 300) -> dict:
+    """Fit the inferred parameters with the forward solver alone: maximise
+    ``log p(D | u_FK(theta)(T), theta) + log p(theta)`` by Nelder-Mead in unconstrained coordinates.
+
+    Each evaluation is one explicit Fisher-Kolmogorov run (``TumorModel.forward``, a fraction of a second
+    on a laptop), so a few hundred are affordable; the result is the starting point of the ODIL MAP, whose
+    Newton steps need a start inside the basin of the optimum.
+    """
+    import scipy.optimize
+
+    params = model.posterior.params
+    names = list(params.priors)
+    z0 = params.unconstrain({k: jnp.asarray(theta0[k], jnp.float64) for k in names})
+    w0 = np.array([float(z0[k]) for k in names])
+
+    def objective(w):
+        theta = params.constrain({k: jnp.asarray(v) for k, v in zip(names, w)})
+        full = params.merge(theta)
+        u_final = model.forward(full, dtype=jnp.float64)[-1]
+        nll = -sum(float(lik.log_prob(u_final[None], full)) for lik in model.posterior.likelihoods)
+        value = nll - float(params.log_prob(theta))
+        return value if np.isfinite(value) else 1e300
+
+    res = scipy.optimize.minimize(objective, w0, method="Nelder-Mead",
+                                  options={"maxfev": max_evaluations, "xatol": 1e-3, "fatol": 1e-3,
+                                           "initial_simplex": w0 + np.vstack([np.zeros(len(w0)), 0.3 * np.eye(len(w0))])})
+    theta = params.constrain({k: jnp.asarray(v) for k, v in zip(names, res.x)})
+    return {k: float(v) for k, v in theta.items()}

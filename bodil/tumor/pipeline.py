@@ -1,0 +1,374 @@
+"""From a tumour segmentation and tissue maps to a posterior ensemble of clinical target volumes.
+
+The stages (seed 003 sec. 3.4; each with its own progress bar):
+
+1. inputs: the segmentation's classes (0 healthy, 1 edema, 2 core) and the tissue maps, checked to share one
+   grid and affine;
+2. box: a cube ``box_scale`` (1.5) times the tumour's largest extent, resampled to ``grid^3`` points;
+3. MAP: a forward fit of ``(Dw, rho, x0, y0, z0)`` (Nelder-Mead on explicit Fisher-Kolmogorov runs),
+   then the GliODIL posterior (``bodil.tumor.model``) maximised jointly over the field and those parameters
+   by Gauss-Newton (ODIL) from the forward solution;
+4. posterior: BASIS (``beta = 0.2``, ``gamma = 1.5``, ``l_max = 1``) on the mode approximation of
+   ``p(x0, y0, z0 | D)`` with the other parameters at their MAP values (by default its
+   ``lambda_PDE -> infinity`` limit, a forward run per evaluation; ``Settings.inner``); each sample keeps
+   its concentration at the imaging time;
+5. CTVs: for each margin (10, 15, 20 mm) the standard plan and every sample's model CTV of equal volume,
+   on the input grid (``bodil.tumor.ctv``);
+6. files: NIfTI maps, ``posterior.nc`` (InferenceData), ``summary.json`` and the report (PDF, HTML), all
+   written into a temporary folder that replaces ``out`` only when everything is complete.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import os
+import sys
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+from ..io import InputError, atomic_directory, check_same_grid, save_nifti, write_json, Volume
+from ..likelihood import CORE
+from .anatomy import Anatomy, crop_around
+from .ctv import ctv_ensemble
+from .model import ORIGIN, UNITS, fit_forward, initial_guess, tumor_model
+from .report import ReportContent, write_report
+from .segmentation import Segmentation, load_segmentation
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Numbers that define one run. Defaults are sized for a 2-core laptop (a few minutes);
+    ``Settings.paper()`` gives seed 003's (64^3 x 128 points, 512 samples: a GPU job).
+
+    Attributes:
+        grid: points per axis of the box (``n``).
+        time_points: time nodes on ``[0, t_final]``.
+        samples: BASIS particles (posterior samples).
+        seed: seed of the sampler.
+        t_final: time from tumour onset to imaging (days); only ``D T`` and ``rho T`` are identifiable.
+        margins_mm: standard CTV margins.
+        box_scale: box side over the tumour's largest extent.
+        map_parameters: parameters fitted by the MAP; the others stay at their fixed values
+            (``ratio = Dw / Dg = 10``, ``tau_lo = 0.25``, ``tau_up = 0.675``).
+        posterior_parameters: parameters sampled by BASIS (the rest fixed at the MAP).
+        likelihood: ``"sigmoid"`` (seed 003 eq. 36, smooth: the inner Newton solves converge) or
+            ``"interval"`` (eq. 30, the paper's hinge).
+        lambda_pde, lambda_ic, sigma: weights of eq. 32 and the likelihood width.
+        beta, gamma, lmax: BASIS settings.
+        inner: how ``log p(theta | D)`` is evaluated for BASIS. ``"forward"``: the limit
+            ``lambda_PDE -> infinity`` of the mode approximation, where ``u*(theta)`` is the solution of the PDE
+            (an explicit Fisher-Kolmogorov run, ``bodil.forward.fk``) and
+            ``log p(theta | D) = log p(D | u_FK(theta)(T), theta) + log p(theta)``: cheap and robust.
+            ``"odil"``: the mode approximation at finite ``lambda_PDE`` (eq. 12), an inner ODIL Gauss-Newton
+            solve per evaluation; on tumour boxes these solves stall far from the mode today (see the
+            ``inner_solves`` counts in the summary), so it is not the default.
+        inner_ftol: relative accuracy of each inner solve's log density (``1e-6`` of a loss of a few
+            hundred: a few thousandths of a nat).
+        inner_iterations: Gauss-Newton iterations of each inner solve. Near the mode the solves converge in
+            a few; far from it (first BASIS stages) they stop at the cap and their value, a lower bound of the
+            mode value (any field gives one), ranks them low, which is all the sampler needs there. The
+            summary counts them.
+        inner_cg_iterations: conjugate-gradient iterations per inner Gauss-Newton step.
+        map_iterations: Gauss-Newton iterations of the joint MAP polish after the forward fit.
+    """
+
+    grid: int = 24
+    time_points: int = 12
+    samples: int = 128
+    seed: int = 0
+    t_final: float = 100.0
+    margins_mm: tuple = (10.0, 15.0, 20.0)
+    box_scale: float = 1.5
+    map_parameters: tuple = ("Dw", "rho", "x0", "y0", "z0")
+    posterior_parameters: tuple = ORIGIN
+    likelihood: str = "sigmoid"
+    lambda_pde: float = 1e3
+    lambda_ic: float = 200.0
+    sigma: float = 0.05
+    beta: float = 0.2
+    gamma: float = 1.5
+    lmax: int = 1
+    inner: str = "forward"
+    inner_ftol: float = 1e-6
+    inner_iterations: int = 6
+    inner_cg_iterations: int = 100
+    map_iterations: int = 10
+
+    @classmethod
+    def paper(cls, **overrides) -> "Settings":
+        """Seed 003's sizes: 64^3 x 128, 512 samples."""
+        return cls(**{"grid": 64, "time_points": 128, "samples": 512, **overrides})
+
+    def check(self) -> "Settings":
+        if self.grid < 8 or self.time_points < 4 or self.samples < 4:
+            raise InputError(f"settings: need grid >= 8, time points >= 4 and samples >= 4; got grid "
+                             f"{self.grid}, time points {self.time_points}, samples {self.samples}.")
+        if not set(self.posterior_parameters) <= set(self.map_parameters) | set(ORIGIN):
+            raise InputError("settings: posterior parameters must be among the MAP parameters.")
+        return self
+
+
+@dataclasses.dataclass
+class CTVRun:
+    """What ``run_ctv`` produced: the output folder, its files and the summary written to ``summary.json``."""
+
+    out: str
+    files: dict
+    summary: dict
+
+
+def _x64():
+    enable = getattr(jax, "enable_x64", None)
+    if enable is None:  # older jax
+        from jax.experimental import enable_x64 as enable
+    return enable(True)
+
+
+def _log(msg: str, progress: bool) -> None:
+    if progress:
+        print(f"[bodil] {msg}", file=sys.stderr, flush=True)
+
+
+def _versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for pkg in ("bodil", "jax", "numpyro", "nibabel", "numpy", "scipy"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = "unknown"
+    return out
+
+
+def _quantiles(x) -> dict:
+    x = np.asarray(x, float)
+    return {"mean": float(x.mean()), "sd": float(x.std()), "q05": float(np.quantile(x, 0.05)),
+            "q50": float(np.quantile(x, 0.5)), "q95": float(np.quantile(x, 0.95))}
+
+
+class _ForwardLikelihood:
+    """``theta -> (log p(D | u_FK(theta)(T), theta), u_FK(theta)(T))``: the mode approximation in the limit
+    ``lambda_PDE -> infinity``, with an explicit Fisher-Kolmogorov run as the field; counts its evaluations."""
+
+    def __init__(self, model):
+        self.model = model
+        self.evaluations, self.wall_time = 0, 0.0
+
+    def __call__(self, theta):
+        start = time.perf_counter()
+        full = self.model.posterior.params.merge({k: jnp.asarray(v) for k, v in theta.items()})
+        u_final = self.model.forward(full, dtype=jnp.float64)[-1]
+        value = sum(float(lik.log_prob(u_final[None], full)) for lik in self.model.posterior.likelihoods)
+        self.evaluations += 1
+        self.wall_time += time.perf_counter() - start
+        return value, np.asarray(u_final, np.float32)
+
+    def summary(self) -> dict:
+        return {"method": "forward (lambda_PDE -> infinity)", "evaluations": self.evaluations,
+                "inner_solves": self.evaluations, "unconverged": 0, "wall_time": self.wall_time}
+
+
+def _final_particles_converged(mode, origin_box, names) -> float:
+    """Fraction of the final particles whose inner solve converged (matched by their parameters)."""
+    done = {tuple(np.round([float(r.theta[c]) for c in names], 9)): r.converged for r in mode.records}
+    idx = [ORIGIN.index(c) for c in names]
+    flags = [done.get(tuple(np.round(row[idx], 9)), True) for row in origin_box]
+    return float(np.mean(flags))
+
+
+def run_ctv(segmentation: Segmentation | str, anatomy: Anatomy, out, *, labels="brats2021",
+            settings: Settings = Settings(), patient_id: str | None = None, truth: dict | None = None,
+            inputs: dict | None = None, overwrite: bool = False, progress: bool = True) -> CTVRun:
+    """Infer the tumour's growth with uncertainty and write the CTV ensemble and the report into ``out``.
+
+    Args:
+        segmentation: a ``Segmentation`` or the path of a segmentation NIfTI.
+        anatomy: the tissue maps on the segmentation's grid (``load_tissue``, ``mni152``).
+        out: output folder (must not exist or be empty unless ``overwrite``).
+        labels: the label convention when ``segmentation`` is a path (``"brats2021"``, ``"brats2023"``, a
+            mapping).
+        settings: grid, samples, seed... (``Settings``).
+        patient_id: printed on the report (default: the segmentation's file name).
+        truth: optional known parameters (synthetic patients: ``origin_world`` in mm) shown in the report.
+        inputs: optional ``{name: path}`` of the input files, recorded in the summary.
+        overwrite: replace a non-empty ``out``.
+        progress: print the stages and show progress bars.
+
+    Returns:
+        ``CTVRun`` with the folder, the file paths and the summary.
+
+    Raises:
+        InputError: bad inputs (different grids, empty tumour, ...) or an existing ``out``; nothing is written.
+    """
+    settings = settings.check()
+    if not isinstance(segmentation, Segmentation):
+        segmentation = load_segmentation(segmentation, labels)
+    anatomy.validate()
+    check_same_grid({"segmentation": Volume(segmentation.classes, segmentation.affine, segmentation.path),
+                     "tissue maps": Volume(anatomy.wm, anatomy.affine, None)})
+    if patient_id is None:
+        patient_id = os.path.basename(segmentation.path or "patient").split(".nii")[0]
+    with _x64(), atomic_directory(out, overwrite=overwrite) as tmp:
+        started = time.perf_counter()
+        result = _run(segmentation, anatomy, tmp, settings, patient_id, truth, inputs or {}, progress)
+        result["summary"]["wall_time_s"] = round(time.perf_counter() - started, 1)
+        write_json(os.path.join(tmp, "summary.json"), result["summary"])
+    final = os.path.abspath(os.fspath(out))
+    files = {k: os.path.join(final, os.path.basename(v)) for k, v in result["files"].items()}
+    files["summary"] = os.path.join(final, "summary.json")
+    return CTVRun(final, files, result["summary"])
+
+
+def _run(seg: Segmentation, anatomy: Anatomy, tmp: str, s: Settings, patient_id: str, truth, inputs,
+         progress: bool) -> dict:
+    from ..inference import ModeApproximation, basis
+    from ..optimize import map_estimate
+
+    # ---------------------------------------------------------------- box
+    _log(f"box: {s.box_scale} x the tumour, {s.grid}^3 points x {s.time_points} time nodes", progress)
+    crop = crop_around(seg.tumor, seg.affine, scale=s.box_scale, n=s.grid)
+    box = anatomy.crop(crop)
+    classes_box = np.rint(crop.to_box(seg.classes.astype(float), order=0)).astype(np.int8)
+    model = tumor_model(box.wm, box.gm, classes_box, crop.side_mm, nt=s.time_points, t_final=s.t_final,
+                        infer=s.map_parameters, likelihood=s.likelihood, lambda_pde=s.lambda_pde,
+                        lambda_ic=s.lambda_ic, sigma=s.sigma)
+
+    # ---------------------------------------------------------------- MAP
+    _log("MAP: forward Fisher-Kolmogorov fit (Nelder-Mead), then ODIL (joint Gauss-Newton)", progress)
+    theta_fk = fit_forward(model, initial_guess(model))
+    theta0 = {k: jnp.asarray(v) for k, v in theta_fk.items()}
+    fit = map_estimate(model.posterior, model.forward(theta0), theta0, strategy="joint", max_iter=s.map_iterations,
+                       ftol=s.inner_ftol, progress=progress)
+    theta_map = {**model.posterior.params.fixed, **{k: float(v) for k, v in fit.theta.items()}}
+    _log(f"MAP: {fit.report.message}; " + ", ".join(f"{k} = {v:.4g}" for k, v in theta_map.items()), progress)
+
+    # ---------------------------------------------------------------- posterior
+    _log(f"posterior of {', '.join(s.posterior_parameters)}: BASIS, {s.samples} samples, each an inner "
+         "ODIL solve", progress)
+    post_model = model.with_fixed(theta_map, infer=s.posterior_parameters)
+    theta_start = {k: jnp.asarray(theta_map[k]) for k in s.posterior_parameters}
+    if s.inner == "odil":
+        mode = ModeApproximation(post_model.posterior, fit.u, theta_start, ftol=s.inner_ftol,
+                                 max_iter=s.inner_iterations, cg_maxiter=s.inner_cg_iterations,
+                                 on_failure="lower-bound", cache_size=max(32, 2 * s.samples),
+                                 keep=lambda u, th: np.asarray(u[-1], np.float32),
+                                 initial=lambda th: post_model.forward(th))
+        log_likelihood = mode.log_likelihood
+    else:
+        mode = _ForwardLikelihood(post_model)
+        log_likelihood = mode
+    idata = basis(log_likelihood, post_model.posterior.params, n=s.samples, seed=s.seed, beta=s.beta,
+                  gamma=s.gamma, lmax=s.lmax, progress=progress)
+    inner = mode.summary()
+    fields = np.asarray(idata.posterior["aux"].values).reshape((-1,) + crop.shape)
+    origin_box = np.stack([np.asarray(idata.posterior[c].values).ravel() if c in s.posterior_parameters
+                           else np.full(fields.shape[0], theta_map[c]) for c in ORIGIN], axis=1)
+    origin_world = crop.box_to_world(origin_box)
+    map_origin_world = crop.box_to_world(np.array([theta_map[c] for c in ORIGIN]))
+
+    # ---------------------------------------------------------------- CTVs on the input grid
+    _log("CTVs: standard margins and equal-volume model CTVs of every sample", progress)
+    u_map = crop.to_input(np.asarray(fit.u[-1]))
+    mean = np.zeros(seg.shape)
+    sq = np.zeros(seg.shape)
+
+    def stream():
+        for f in tqdm(fields, desc="CTV ensemble", disable=not progress, leave=False):
+            v = np.clip(crop.to_input(f), 0.0, 1.0)
+            mean[...] += v
+            sq[...] += v * v
+            yield v
+
+    brain = anatomy.brain | seg.tumor
+    ens = ctv_ensemble(stream(), seg.core, brain, anatomy.spacing, margins_mm=s.margins_mm,
+                       map_concentration=u_map, seed=s.seed)
+    n = fields.shape[0]
+    mean /= n
+    std = np.sqrt(np.maximum(sq / n - mean**2, 0.0))
+
+    # ---------------------------------------------------------------- files
+    _log("writing NIfTI, posterior.nc, summary.json and the report", progress)
+    a = seg.affine
+    files = {}
+
+    def nifti(name, data, dtype=np.float32):
+        files[name] = save_nifti(os.path.join(tmp, f"{name}.nii.gz"), data, a, dtype=dtype)
+
+    nifti("map_concentration", u_map)
+    nifti("posterior_mean", mean)
+    nifti("posterior_std", std)
+    for m in s.margins_mm:
+        tag = f"{m:g}mm"
+        nifti(f"ctv_probability_{tag}", ens[m].probability)
+        nifti(f"ctv_standard_{tag}", ens[m].standard, np.uint8)
+        nifti(f"ctv_model_map_{tag}", ens[m].map_mask, np.uint8)
+    idata.posterior["x_world"] = (("chain", "draw"), origin_world[:, 0].reshape(1, -1))
+    idata.posterior["y_world"] = (("chain", "draw"), origin_world[:, 1].reshape(1, -1))
+    idata.posterior["z_world"] = (("chain", "draw"), origin_world[:, 2].reshape(1, -1))
+    idata.attrs["box_affine"] = np.asarray(crop.affine).ravel().tolist()
+    idata.attrs["note"] = ("aux = concentration at the imaging time on the box grid (affine box_affine); "
+                           "x0, y0, z0 in mm of the box frame, x/y/z_world in world (scanner) mm")
+    files["posterior"] = os.path.join(tmp, "posterior.nc")
+    idata.to_netcdf(files["posterior"])
+
+    voxel_cm3 = float(np.prod(anatomy.spacing)) / 1e3
+    params = []
+    for name in model.posterior.params.priors:
+        row = {"name": name, "unit": UNITS.get(name, ""), "map": theta_map[name]}
+        if name in ORIGIN:
+            axis = ORIGIN.index(name)
+            q = _quantiles(origin_world[:, axis])
+            row = {"name": f"{'xyz'[axis]} (world)", "unit": "mm", "map": float(map_origin_world[axis]),
+                   "mean": q["mean"], "q05": q["q05"], "q95": q["q95"]}
+        params.append(row)
+    summary = {
+        "patient_id": patient_id,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "versions": _versions(),
+        "inputs": inputs,
+        "label_convention": seg.convention.name,
+        "settings": dataclasses.asdict(s),
+        "box": {"side_mm": crop.side_mm, "spacing_mm": crop.spacing_mm, "affine": np.asarray(crop.affine).tolist()},
+        "volumes_cm3": {"core": float(seg.core.sum() * voxel_cm3), "edema": float(seg.edema.sum() * voxel_cm3)},
+        "map": {"theta": theta_map, "origin_world_mm": map_origin_world.tolist(),
+                "converged": bool(fit.report.converged), "message": fit.report.message,
+                "loss": float(fit.report.loss), "wall_time_s": float(fit.report.wall_time)},
+        "posterior": {
+            "parameters": list(s.posterior_parameters),
+            "origin_world_mm": {c: _quantiles(origin_world[:, i]) for i, c in enumerate("xyz")},
+            "origin_spread_mm": float(np.sqrt(np.trace(np.cov(origin_world.T)))),
+            "log_evidence": float(idata.attrs.get("log_evidence", np.nan)),
+            "inner_solves": inner,
+        },
+        "ctv": ens.table(),
+        "truth": truth or {},
+    }
+    notes = []
+    if not fit.report.converged:
+        notes.append(f"The MAP solve did not reach its tolerance ({fit.report.message}); results may be off.")
+    final = _final_particles_converged(mode, origin_box, s.posterior_parameters) if s.inner == "odil" else 1.0
+    summary["posterior"]["final_samples_converged"] = final
+    if final < 1.0:
+        notes.append(f"{100 * (1 - final):.0f}% of the final samples come from inner solves that stopped at the "
+                     f"iteration cap ({s.inner_iterations}); raise Settings.inner_iterations.")
+    summary["notes"] = notes
+    run = {"grid": f"{s.grid}^3 x {s.time_points} (box side {crop.side_mm:.1f} mm, {crop.spacing_mm:.2f} mm)",
+           "samples": s.samples, "seed": s.seed, "labels": seg.convention.name, "T (days)": s.t_final,
+           "likelihood": s.likelihood, **{f"input {k}": v for k, v in inputs.items()},
+           "created": summary["created"], "bodil": summary["versions"]["bodil"], "jax": summary["versions"]["jax"]}
+    origin_truth = None
+    if truth and "origin_world" in truth:
+        origin_truth = np.asarray(truth["origin_world"], float)
+    content = ReportContent.from_ensemble(
+        ens, patient_id=patient_id, run=run, tissue=anatomy.tissue, classes=seg.classes, affine=a,
+        origin_samples=origin_world, parameters=params, notes=notes, origin_truth=origin_truth,
+        origin_map=map_origin_world)
+    files["report_pdf"], files["report_html"] = write_report(content, tmp)
+    return {"files": files, "summary": summary}

@@ -1,0 +1,90 @@
+"""The tumour command end to end on a tiny grid, and its refusals of bad input.
+
+``bodil synth`` grows a synthetic patient on MNI152 (2 mm); ``bodil ctv`` then reads the files it wrote and
+must produce every product: the NIfTI maps on the input grid and affine, ``posterior.nc``, ``summary.json``
+and a report whose PDF has all its pages. Bad input exits with status 2, a message, and no output folder.
+"""
+
+import json
+import re
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from bodil.cli import main
+
+TINY = ["--grid", "8", "--time-points", "4", "--samples", "6", "--inner-iterations", "2"]
+
+
+@pytest.fixture(scope="module")
+def patient(tmp_path_factory):
+    out = tmp_path_factory.mktemp("patient") / "p"
+    assert main(["synth", "--out", str(out)]) == 0
+    return out
+
+
+def test_synth_then_ctv_writes_every_product(patient, tmp_path, capsys):
+    out = tmp_path / "ctv"
+    args = ["ctv", "--seg", str(patient / "seg.nii.gz"), "--wm", str(patient / "wm.nii.gz"),
+            "--gm", str(patient / "gm.nii.gz"), "--csf", str(patient / "csf.nii.gz"), "--labels", "brats2021",
+            "--out", str(out), *TINY]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "report:" in printed and str(out) in printed
+    names = {p.name for p in out.iterdir()}
+    expected = {"map_concentration.nii.gz", "posterior_mean.nii.gz", "posterior_std.nii.gz", "posterior.nc",
+                "summary.json", "report.pdf", "report.html"}
+    for m in ("10mm", "15mm", "20mm"):
+        expected |= {f"ctv_probability_{m}.nii.gz", f"ctv_standard_{m}.nii.gz", f"ctv_model_map_{m}.nii.gz"}
+    assert names == expected  # everything, and no temporary left behind
+    seg = nib.load(patient / "seg.nii.gz")
+    for name in ("map_concentration", "ctv_probability_15mm", "ctv_standard_15mm"):
+        img = nib.load(out / f"{name}.nii.gz")
+        assert img.shape == seg.shape and np.allclose(img.affine, seg.affine)
+    prob = np.asarray(nib.load(out / "ctv_probability_10mm.nii.gz").dataobj)
+    standard = np.asarray(nib.load(out / "ctv_standard_10mm.nii.gz").dataobj) > 0
+    model_map = np.asarray(nib.load(out / "ctv_model_map_10mm.nii.gz").dataobj) > 0
+    assert 0.0 <= prob.min() and prob.max() <= 1.0
+    # every sample's model CTV has the standard plan's volume, so the probabilities sum to that volume
+    assert model_map.sum() == standard.sum()
+    assert prob.sum() == pytest.approx(standard.sum(), rel=1e-5)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["settings"]["samples"] == 6 and len(summary["ctv"]) == 3
+    assert set(summary["posterior"]["origin_world_mm"]) == {"x", "y", "z"}
+    pdf = (out / "report.pdf").read_bytes()
+    assert pdf.startswith(b"%PDF")
+    assert len(re.findall(rb"/Type\s*/Page\b", pdf)) >= 4  # summary, slices, histograms, notes
+
+
+def _seg_with(tmp_path, data, affine=np.eye(4), name="seg.nii.gz"):
+    path = tmp_path / name
+    nib.save(nib.Nifti1Image(np.asarray(data), affine), path)
+    return path
+
+
+@pytest.mark.parametrize("case, message", [
+    ("missing", "file not found"),
+    ("labels", "label"),
+    ("empty", "core"),
+    ("grid", "grid"),
+])
+def test_bad_input_exits_2_and_writes_nothing(patient, tmp_path, capsys, case, message):
+    seg = np.asarray(nib.load(patient / "seg.nii.gz").dataobj).astype(np.int16)
+    affine = nib.load(patient / "seg.nii.gz").affine
+    if case == "missing":
+        path = tmp_path / "nope.nii.gz"
+    elif case == "labels":
+        bad = seg.copy()
+        bad[seg == 2] = 7
+        path = _seg_with(tmp_path, bad, affine)
+    elif case == "empty":
+        path = _seg_with(tmp_path, np.where(seg == 2, 2, 0).astype(np.int16), affine)
+    else:
+        path = _seg_with(tmp_path, seg[:-1], affine)
+    out = tmp_path / "out"
+    code = main(["ctv", "--seg", str(path), "--atlas", "mni152", "--out", str(out), *TINY])
+    assert code == 2
+    err = capsys.readouterr().err.lower()
+    assert message in err
+    assert not out.exists()
