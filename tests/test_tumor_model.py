@@ -38,19 +38,19 @@ def test_forward_solution_satisfies_the_odil_residual_to_discretisation_error():
     # falls as the ODIL time step shrinks, down to the explicit solver's own error. With a different
     # operator (e.g. Dg = Dw) the residual would be of the order of u_t itself.
     norms, rates = [], []
-    for nt in (9, 17, 33):
+    for nt in (9, 17):
         model, _ = synthetic(n=12, nt=nt)
         u = model.forward(TRUTH)
         r = model.posterior.prior.residual(u, model.posterior.params.merge(TRUTH), model.grid)["pde"]
         norms.append(float(jnp.sqrt(jnp.mean(r**2))))
         rates.append(float(jnp.sqrt(jnp.mean((jnp.diff(u, axis=0) / model.grid.spacing[0]) ** 2))))
-    assert norms[0] > norms[1] > norms[2]
-    assert norms[2] < 0.02 * rates[2]
+    assert norms[0] > norms[1]
+    assert norms[1] < 0.02 * rates[1]
     wrong = dict(TRUTH, ratio=1.0)
-    model, _ = synthetic(n=12, nt=33)
+    model, _ = synthetic(n=12, nt=17)
     u = model.forward(TRUTH)
     r = model.posterior.prior.residual(u, model.posterior.params.merge(wrong), model.grid)["pde"]
-    assert float(jnp.sqrt(jnp.mean(r**2))) > 5 * norms[2]
+    assert float(jnp.sqrt(jnp.mean(r**2))) > 5 * norms[1]
 
 
 def test_no_tumour_grows_outside_tissue():
