@@ -64,7 +64,7 @@ def ctv(args) -> int:
     seg = load_segmentation(args.seg, args.labels)
     anatomy, files = _anatomy(args)
     res = run_ctv(seg, anatomy, args.out, settings=_settings(args), patient_id=args.patient_id,
-                  inputs={"segmentation": args.seg, **files}, overwrite=args.overwrite)
+                  inputs={"segmentation": args.seg, **files}, overwrite=args.overwrite, resume=args.resume)
     _print_result(res)
     return 0
 
@@ -117,7 +117,8 @@ def demo(args) -> int:
           f"Dw {t['dw']:g} mm^2/day, rho {t['rho']:g} /day)")
     seg = load_segmentation(paths["seg"], "brats2021")
     res = run_ctv(seg, anatomy, os.path.join(out, "ctv"), settings=_settings(args), patient_id="synthetic-demo",
-                  truth=t, inputs={"segmentation": paths["seg"], "atlas": "mni152 (2 mm, nilearn)"}, overwrite=True)
+                  truth=t, inputs={"segmentation": paths["seg"], "atlas": "mni152 (2 mm, nilearn)"}, overwrite=True,
+                  resume=True)  # an interrupted demo continues where it stopped
     _print_result(res)
     print(f"demo finished in {time.perf_counter() - start:.0f} s")
     return 0
@@ -154,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="output folder (created; must not exist or be empty)")
     p.add_argument("--patient-id", help="identifier on the report (default: the segmentation's file name)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run from OUT.checkpoint (same inputs and settings)")
     _size_options(p)
 
     p = sub.add_parser("synth", help="grow a synthetic patient on the MNI152 anatomy")

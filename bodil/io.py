@@ -140,6 +140,18 @@ def _temporary_sibling(path: str, suffix: str = "", kind: str = "tmp") -> str:
     return os.path.join(folder, f".{name}.{kind}-{uuid.uuid4().hex[:12]}{suffix}")
 
 
+def remove_stale_temporaries(out) -> list[str]:
+    """Delete the hidden temporary folders (``.<name>.tmp-*``) that a killed ``atomic_directory(out)`` left
+    next to ``out``; returns their paths. Only for the owner of ``out`` (a run being resumed)."""
+    import glob
+
+    folder, name = os.path.split(os.path.abspath(os.fspath(out)))
+    stale = [p for p in glob.glob(os.path.join(glob.escape(folder), f".{glob.escape(name)}.tmp-*")) if os.path.isdir(p)]
+    for path in stale:
+        shutil.rmtree(path, ignore_errors=True)
+    return stale
+
+
 def save_nifti(path, data, affine, *, dtype=np.float32) -> str:
     """Write ``data`` with ``affine`` as NIfTI (``.nii`` or ``.nii.gz``), atomically; returns the path.
 

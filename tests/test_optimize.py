@@ -36,6 +36,23 @@ def test_oscillator_gauss_newton_hits_the_exact_least_squares_solution():
     assert set(fit.report.loss_terms) == {"pde", "data"}
 
 
+def test_levenberg_marquardt_damping_falls_away_and_lands_on_the_least_squares_solution():
+    """Adaptive damping on an affine least-squares problem: the model is exact (ratio 1), so mu is divided
+    by 3 every step and the last steps are Gauss-Newton steps onto the exact solution."""
+    problem = oscillator(dtype=jnp.float64)
+    exact = dense_least_squares(problem)
+    fit = bodil.map_estimate(problem.posterior, problem.u0, problem.theta0, method="gauss-newton", eta_max=0.0,
+                             cg_maxiter=1000, gtol=1e-10, damping=1e3, adaptive_damping=True, max_iter=100)
+    mus = np.asarray(fit.report.extra["damping"])
+    assert fit.report.converged, fit.report
+    assert mus[0] == 1e3 and len(mus) > 5 and np.allclose(mus[1:] / mus[:-1], 1 / 3)
+    for k in ("x", "v"):
+        rel = np.linalg.norm(fit.u[k] - exact[k]) / np.linalg.norm(exact[k])
+        assert rel < 1e-8, (k, rel)
+    with pytest.raises(ValueError, match="positive starting damping"):
+        bodil.map_estimate(problem.posterior, problem.u0, problem.theta0, adaptive_damping=True)
+
+
 def test_diffusion_map_with_unknown_initial_state_is_the_least_squares_solution():
     """Seed 003 sec. 3.2: quadratic in u, no initial-condition block; the preconditioner's stand-in row
     must not change the answer, only the speed."""

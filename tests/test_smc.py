@@ -18,6 +18,7 @@ import pytest
 from scipy import stats
 
 import bodil
+from bodil.cases import linear_gaussian
 from bodil.inference.executors import BatchExecutor, PoolExecutor, SerialExecutor, VmapExecutor
 from bodil.inference.smc import basis, chain_lengths, next_exponent, smc, tmcmc
 from bodil.prior import Params
@@ -239,3 +240,15 @@ def test_chain_lengths_follow_korali():
     assert seeds.tolist() == [1, 1, 1, 2, 3, 3, 3, 3] and lengths.tolist() == [1, 2, 2, 1, 1, 2, 2, 2]
     assert chain_lengths(np.array([3, 0, 2]), None)[1].tolist() == [3, 2]
     assert chain_lengths(np.array([3, 0, 2]), 1)[1].tolist() == [1] * 5
+
+
+def test_mode_approximation_warm_starts_depend_on_theta_and_start_only():
+    pb = linear_gaussian()
+    mode = bodil.ModeApproximation(pb.posterior, pb.u0, pb.theta0)
+    v0, x0 = mode.warm_log_likelihood({"s": 0.1})
+    v1, x1 = mode.warm_log_likelihood({"s": 0.3}, x0)
+    assert [r.start for r in mode.records] == ["u0", "particle"] and len(mode._cache) == 1  # nothing stored
+    assert mode.records[-1].warm_start_distance == pytest.approx(0.2)
+    assert mode.warm_log_likelihood({"s": 0.3}, x0)[0] == v1  # in any order, on any worker: the same value
+    np.testing.assert_array_equal(mode.warm_log_likelihood({"s": 0.3}, x0)[1], x1)
+    assert v1 == pytest.approx(mode.log_likelihood({"s": 0.3}), abs=1e-8)

@@ -57,6 +57,52 @@ def test_synth_then_ctv_writes_every_product(patient, tmp_path, capsys):
     assert len(re.findall(rb"/Type\s*/Page\b", pdf)) >= 4  # summary, slices, histograms, notes
 
 
+def test_a_killed_run_resumes_to_the_same_result(patient, tmp_path, capsys):
+    """``kill -9`` mid-BASIS (the run's own process, in its third stage) keeps ``OUT.checkpoint`` and leaves no
+    ``OUT``; a second run without ``--resume`` refuses to throw the checkpoint away, one with other settings is
+    refused; ``--resume`` finishes with exactly the samples of an uninterrupted run and cleans up."""
+    import subprocess
+    import sys
+
+    import arviz as az
+
+    def args(out, *extra):
+        return ["ctv", "--seg", str(patient / "seg.nii.gz"), "--wm", str(patient / "wm.nii.gz"),
+                "--gm", str(patient / "gm.nii.gz"), "--labels", "brats2021", "--out", str(out), *TINY, *extra]
+
+    assert main(args(tmp_path / "reference")) == 0
+    out, checkpoint = tmp_path / "ctv", tmp_path / "ctv.checkpoint"
+    killer = (
+        "import os, signal, sys\n"
+        "from bodil.cli import main\n"
+        "from bodil.tumor import pipeline\n"
+        "evaluate, calls = pipeline._ForwardLikelihood.__call__, []\n"
+        "def call(self, theta):\n"
+        "    calls.append(1)\n"
+        "    if len(calls) == 15:  # 6 particles per stage: stages 0 and 1 are done\n"
+        "        os.kill(os.getpid(), signal.SIGKILL)\n"
+        "    return evaluate(self, theta)\n"
+        "pipeline._ForwardLikelihood.__call__ = call\n"
+        "sys.exit(main(sys.argv[1:]))\n")
+    proc = subprocess.run([sys.executable, "-c", killer, *args(out)], capture_output=True, text=True)
+    assert proc.returncode == -9, proc.stderr
+    assert not out.exists() and (checkpoint / "basis.pkl").exists()
+    assert list(tmp_path.glob(".ctv.tmp-*"))  # the killed run's half-built folder, hidden
+    capsys.readouterr()
+    assert main(args(out)) == 2
+    assert "--resume" in capsys.readouterr().err and checkpoint.exists()
+    assert main(args(out, "--samples", "7", "--resume")) == 2  # other settings: refused, checkpoint kept
+    assert "samples: 6 -> 7" in capsys.readouterr().err and checkpoint.exists()
+    assert main(args(out, "--resume")) == 0
+    assert not checkpoint.exists() and not list(tmp_path.glob(".ctv.tmp-*"))
+    ref, got = (az.from_netcdf(d / "posterior.nc").posterior for d in (tmp_path / "reference", out))
+    for name in ("x0", "y0", "z0"):
+        np.testing.assert_array_equal(got[name].values, ref[name].values)
+    for name in ("ctv_probability_15mm", "posterior_mean"):
+        a, b = (np.asarray(nib.load(d / f"{name}.nii.gz").dataobj) for d in (tmp_path / "reference", out))
+        np.testing.assert_array_equal(a, b)
+
+
 def _seg_with(tmp_path, data, affine=np.eye(4), name="seg.nii.gz"):
     path = tmp_path / name
     nib.save(nib.Nifti1Image(np.asarray(data), affine), path)

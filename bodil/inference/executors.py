@@ -11,16 +11,21 @@ state, so the same seed gives the same samples with every executor when ``fn`` i
 
 * ``SerialExecutor``: a loop in this process (the default).
 * ``PoolExecutor(pool)``: a ``concurrent.futures`` thread or process pool (``pool.map``).
+* ``DaskExecutor(address)``: the workers of a ``dask.distributed`` cluster (an existing one, e.g. started by
+  dask-jobqueue on SLURM/PBS, or a ``LocalCluster`` it starts); each worker keeps one copy of ``fn``, so
+  JAX compilations and other caches survive from one task to the next.
 * ``BatchExecutor``: ``fn`` takes the whole batch (a dict of stacked arrays, leading axis = batch) and
   returns stacked results; for likelihoods vectorised by hand (numpy, a GPU solver).
 * ``VmapExecutor``: ``jit(vmap(fn))`` over the stacked batch, for a pure JAX ``fn``; batches are padded
   to a power of two (or cut into chunks of ``batch_size``) so that few shapes are compiled.
 
-A ``dask.distributed`` client fits the same interface:
+Executors that can run evaluations independently (``PoolExecutor``, ``DaskExecutor``) also have
 
-    class DaskExecutor:
-        def __init__(self, client): self.client = client
-        def evaluate(self, fn, thetas): return self.client.gather(self.client.map(fn, thetas, pure=False))
+    dispatch(fn, tasks: list[(key, theta)], on_done: list[(key, result)] -> list[(key, theta)]) -> None
+
+which submits ``tasks``, hands every batch of finished results to ``on_done`` as soon as it is there and
+submits the tasks ``on_done`` returns, until none is left: the samplers' asynchronous dispatch, where a
+finished evaluation at once starts its chain's next step.
 """
 
 from __future__ import annotations
@@ -34,7 +39,9 @@ import numpy as np
 
 Theta = dict[str, np.ndarray]
 
-__all__ = ["BatchExecutor", "Executor", "PoolExecutor", "SerialExecutor", "VmapExecutor", "as_executor"]
+__all__ = ["BatchExecutor", "DaskExecutor", "Executor", "PoolExecutor", "SerialExecutor", "VmapExecutor",
+           "as_executor"]
+Task = tuple[Any, Any]  # (key, theta)
 
 
 @runtime_checkable
@@ -69,8 +76,113 @@ class PoolExecutor:
     def evaluate(self, fn: Callable[[Theta], Any], thetas: Sequence[Theta]) -> list[Any]:
         return list(self.pool.map(fn, thetas, chunksize=self.chunksize))
 
+    def dispatch(self, fn: Callable[[Theta], Any], tasks: Sequence[Task],
+                 on_done: Callable[[list[tuple[Any, Any]]], Sequence[Task]]) -> None:
+        """Run ``tasks`` and those ``on_done`` returns, passing each batch of finished results on at once."""
+        running = {self.pool.submit(fn, theta): key for key, theta in tasks}
+        while running:
+            done, _ = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
+            finished = [(running.pop(f), f.result()) for f in done]
+            running.update({self.pool.submit(fn, theta): key for key, theta in on_done(finished)})
+
     def __repr__(self) -> str:
         return f"PoolExecutor({type(self.pool).__name__})"
+
+
+class DaskExecutor:
+    """Evaluate on the workers of a ``dask.distributed`` cluster.
+
+    Args:
+        address: where the cluster is: a scheduler address (``"tcp://10.0.0.1:8786"``), a cluster object
+            (``dask_jobqueue.SLURMCluster(...)``, ``LocalCluster(...)``) or a ``distributed.Client``. ``None``:
+            start a ``LocalCluster`` on this machine, closed again by ``close()``.
+        n_workers, threads_per_worker, processes, **cluster_options: for the ``LocalCluster`` (``address=None``).
+            One thread per worker process suits JAX solvers, which use all cores of their process anyway.
+
+    ``fn`` is sent to every worker once (a worker plugin, also installed on workers that join later, e.g. a
+    replacement for one that died) and called there for each task, so a ``jax.jit`` inside it compiles once
+    per worker. It must be picklable by cloudpickle and importable there: install the package that defines it
+    on the workers. A worker that dies is replaced by its nanny (or the job queue) and the scheduler runs its
+    tasks again elsewhere (up to ``distributed.scheduler.allowed-failures`` times, then ``KilledWorker``).
+    The executor is a context manager; ``close()`` closes only what it started.
+    """
+
+    def __init__(self, address: Any = None, *, n_workers: int | None = None, threads_per_worker: int = 1,
+                 processes: bool = True, **cluster_options: Any):
+        from distributed import Client, LocalCluster
+
+        self._owned: list = []
+        if address is None:
+            cluster = LocalCluster(n_workers=n_workers, threads_per_worker=threads_per_worker, processes=processes,
+                                   **cluster_options)
+            self._owned.append(cluster)
+            address = cluster
+        elif n_workers is not None or cluster_options:
+            raise TypeError("DaskExecutor: n_workers and cluster options are for a LocalCluster (address=None).")
+        if isinstance(address, Client):
+            self.client = address
+        else:
+            self.client = Client(address)
+            self._owned.insert(0, self.client)
+        self._plugins: dict[Any, tuple[Callable, str]] = {}
+
+    def _installed(self, fn: Callable) -> str:
+        """The name under which ``fn`` is installed on the workers (installing it the first time)."""
+        try:
+            key = (fn, hash(fn))  # equal functions (e.g. the same bound method) share one installation
+        except TypeError:
+            key = id(fn)
+        if key not in self._plugins:
+            from ._dask import FunctionPlugin
+
+            plugin = FunctionPlugin(fn)
+            self.client.register_plugin(plugin, name=plugin.name)
+            self._plugins[key] = (fn, plugin.name)  # holding fn keeps its id unique
+        return self._plugins[key][1]
+
+    def evaluate(self, fn: Callable[[Theta], Any], thetas: Sequence[Theta]) -> list[Any]:
+        from ._dask import call
+
+        name = self._installed(fn)
+        return self.client.gather(self.client.map(call, [name] * len(thetas), list(thetas), pure=False))
+
+    def dispatch(self, fn: Callable[[Theta], Any], tasks: Sequence[Task],
+                 on_done: Callable[[list[tuple[Any, Any]]], Sequence[Task]]) -> None:
+        """Run ``tasks`` and those ``on_done`` returns, passing each batch of finished results on at once."""
+        from distributed import as_completed
+
+        from ._dask import call
+
+        name, keys, running = self._installed(fn), {}, as_completed(with_results=True)
+
+        def submit(tasks: Sequence[Task]) -> None:
+            if tasks:
+                futures = self.client.map(call, [name] * len(tasks), [theta for _, theta in tasks], pure=False)
+                keys.update({f.key: key for f, (key, _) in zip(futures, tasks)})
+                running.update(futures)
+
+        submit(tasks)
+        while not running.is_empty():
+            submit(on_done([(keys.pop(f.key), result) for f, result in running.next_batch(block=True)]))
+
+    def close(self) -> None:
+        """Remove the installed functions from the workers; close the client and cluster started here."""
+        if self._plugins and self.client.status == "running":
+            for _, name in self._plugins.values():
+                self.client.unregister_worker_plugin(name)
+        self._plugins.clear()
+        for thing in self._owned:
+            thing.close()
+        self._owned = []
+
+    def __enter__(self) -> DaskExecutor:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"DaskExecutor({self.client.scheduler.address if self.client.scheduler else None!r})"
 
 
 def _stack(thetas: Sequence[Theta]) -> Theta:

@@ -6,11 +6,14 @@ Each evaluation is an inner MAP solve over the field with theta held fixed (prec
 ``bodil.optimize.gauss_newton.GaussNewton``, compiled once). It starts from the stored solution whose
 parameters are nearest (in unconstrained coordinates) or, when an ``initial(theta)`` field is given (for
 example a forward solve from the initial condition at theta), from whichever of the two has the lower
-objective ``-log p(u, theta | D)``. Every evaluation is recorded with its start, inner iterations, gradient
-norm, converged flag and wall time. An inner solve that did not converge raises (``on_failure="raise"``,
-default), gives ``-inf`` (``"-inf"``), or keeps the value it reached (``"lower-bound"``): any field gives
-``log p(u, theta | D) <= max_u log p(u, theta | D)``, so the kept value is a lower bound of the mode value,
-useful where such points lie far below the mode and only need to be ranked low (annealed samplers).
+objective ``-log p(u, theta | D)``. ``warm_log_likelihood(theta, start)`` instead starts from a solution the
+caller carries (a sampler's particle: its last inner solution) and returns the new one, so the value does
+not depend on the order of evaluations or on which worker runs them. Every evaluation is recorded with its
+start, inner iterations, gradient norm, converged flag and wall time. An inner solve that did not converge
+raises (``on_failure="raise"``, default), gives ``-inf`` (``"-inf"``), or keeps the value it reached
+(``"lower-bound"``): any field gives ``log p(u, theta | D) <= max_u log p(u, theta | D)``, so the kept value
+is a lower bound of the mode value, useful where such points lie far below the mode and only need to be
+ranked low (annealed samplers).
 
 The inner solve stops on the Newton decrement: ``-g.p <= ftol * max(|f|, 1)``, with ``-g.p`` about twice
 the remaining ``f - f*`` near the solution, so ``ftol * |f|`` is the accuracy of the log density in nats (the
@@ -41,14 +44,16 @@ from ..optimize.objective import Objective
 
 
 ON_FAILURE = ("raise", "-inf", "lower-bound")
+_CACHE = object()  # start from the nearest stored solution
 
 
 class Evaluation(NamedTuple):
     """One evaluation of the mode approximation.
 
-    ``start`` says where the inner solve began: ``"cache"`` (the nearest stored solution), ``"initial"``
-    (the ``initial(theta)`` field) or ``"none"`` (outside the prior support, not solved).
-    ``warm_start_distance`` is the distance, in unconstrained parameters, to the nearest stored solution.
+    ``start`` says where the inner solve began: ``"cache"`` (the nearest stored solution), ``"particle"``
+    (the warm start given to ``warm_log_likelihood``), ``"u0"`` (``u0``, for ``warm_log_likelihood`` without
+    a start), ``"initial"`` (the ``initial(theta)`` field) or ``"none"`` (outside the prior support, not solved).
+    ``warm_start_distance`` is the distance, in unconstrained parameters, to the stored or given solution.
     """
 
     theta: dict
@@ -127,6 +132,12 @@ class ModeApproximation:
 
     def solve(self, theta: dict):
         """``(u*(theta), Evaluation)``: the field maximising ``log p(u, theta | D)`` and its diagnostics."""
+        u, ev, _ = self._solve(theta, _CACHE)
+        return u, ev
+
+    def _solve(self, theta: dict, start: Any):
+        """``(u*, Evaluation, x*)``, started from the nearest stored solution (``start = _CACHE``; the solution
+        is stored), from ``u0`` (``None``) or from ``start``, a flat ``x*`` of an earlier solve (nothing stored)."""
         t0 = time.perf_counter()
         theta = {k: jnp.asarray(v, self.objective.x0.dtype) for k, v in theta.items()}
         try:
@@ -135,18 +146,26 @@ class ModeApproximation:
             ev = Evaluation({k: np.asarray(v) for k, v in theta.items()}, -math.inf, 0, math.nan, True,
                             "outside the prior support", 0.0, math.nan, "none")
             self.records.append(ev)
-            return None, ev
+            return None, ev, None
         z_flat = ravel_pytree(z)[0]
         zn = np.asarray(z_flat)
-        dists = np.linalg.norm(np.stack([zc for zc, _ in self._cache]) - zn, axis=1)
-        nearest = int(np.argmin(dists))
-        x_start = jnp.concatenate([self._cache[nearest][1][: self.n_field], z_flat])
-        start = "cache"
+        if start is _CACHE:
+            dists = np.linalg.norm(np.stack([zc for zc, _ in self._cache]) - zn, axis=1)
+            nearest = int(np.argmin(dists))
+            x_from, distance, label = self._cache[nearest][1], float(dists[nearest]), "cache"
+        else:
+            x_from = self._cache[0][1] if start is None else jnp.asarray(start, self.objective.x0.dtype)
+            if x_from.shape != self.objective.x0.shape:
+                raise ValueError(f"ModeApproximation: a warm start must be the flat solution of an earlier solve "
+                                 f"({self.objective.x0.size} values), got shape {x_from.shape}.")
+            distance = float(np.linalg.norm(np.asarray(x_from[self.n_field:]) - zn))
+            label = "u0" if start is None else "particle"
+        x_start = jnp.concatenate([x_from[: self.n_field], z_flat])
         if self.initial is not None:
             x_init = self._initial_start(theta, z_flat)
-            f_cache, f_init = float(self._value(x_start)), float(self._value(x_init))
-            if f_init < f_cache or not math.isfinite(f_cache):
-                x_start, start = x_init, "initial"
+            f_start, f_init = float(self._value(x_start)), float(self._value(x_init))
+            if f_init < f_start or not math.isfinite(f_start):
+                x_start, label = x_init, "initial"
         x, rep = self.solver.run(x_start, fix_theta=True, **self.run_options)
         log_density = -rep.loss
         converged = rep.converged and math.isfinite(rep.loss)
@@ -161,15 +180,15 @@ class ModeApproximation:
                                    "reached).")
             if self.on_failure == "-inf" or not math.isfinite(rep.loss):
                 log_density = -math.inf
-        if math.isfinite(log_density):  # a solution whose value is used: a warm start for later solves
+        if start is _CACHE and math.isfinite(log_density):  # a solution whose value is used: a later warm start
             self._cache.append((zn, x))
             if len(self._cache) > self.cache_size:
                 self._cache.pop(1)  # keep the starting point, drop the oldest solution
         ev = Evaluation({k: np.asarray(v) for k, v in theta.items()}, float(log_density), rep.iterations,
-                        rep.grad_norm, converged, message, time.perf_counter() - t0, float(dists[nearest]), start)
+                        rep.grad_norm, converged, message, time.perf_counter() - t0, distance, label)
         self.records.append(ev)
         u, _ = self.objective.position(x)
-        return u, ev
+        return u, ev, x
 
     # ------------------------------------------------------------------ densities
     def log_density(self, theta: dict) -> float:
@@ -182,6 +201,22 @@ class ModeApproximation:
         Returns ``(value, keep(u*, theta))`` when ``keep`` was given.
         """
         u, ev = self.solve(theta)
+        return self._likelihood(theta, u, ev)
+
+    def warm_log_likelihood(self, theta: dict, start: Any = None):
+        """``(log_likelihood(theta), x*)`` with the inner solve started from ``start``: for samplers whose
+        particles carry their own warm start (``bodil.basis(mode.warm_log_likelihood, ..., warm_start=True)``).
+
+        ``start`` is the ``x*`` returned by an earlier call (the flat solution, field and unconstrained
+        parameters, a numpy array) or ``None`` (start from ``u0``); ``initial(theta)`` is used instead where its
+        objective is lower. Unlike ``log_likelihood`` this neither reads nor fills the shared store of
+        solutions, so the value depends on ``theta`` and ``start`` only, not on the order of the calls (the
+        same result on any number of workers). Outside the prior's support ``x*`` is ``start``.
+        """
+        u, ev, x = self._solve(theta, start)
+        return self._likelihood(theta, u, ev), (start if x is None else np.asarray(x))
+
+    def _likelihood(self, theta: dict, u, ev: Evaluation):
         value = ev.log_density
         if math.isfinite(value):
             value -= float(self.posterior.params.log_prob({k: jnp.asarray(v) for k, v in theta.items()}))

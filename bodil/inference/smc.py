@@ -21,17 +21,26 @@ Stage 0 draws ``n`` particles from the prior. Stage ``j -> j + 1``:
    every stage again holds ``n`` particles (``lmax = 1, burn_in = 0`` is Korali's rule).
 
 The run stops after the chains at ``q = 1``; the particles are then equally weighted posterior samples.
-All random numbers come from one ``numpy.random.Generator(PCG64(seed))`` whose state is checkpointed.
+All random numbers come from one ``numpy.random.Generator(PCG64(seed))`` whose state is checkpointed. A
+stage draws all of its random numbers (selection, then the proposal steps and uniforms of every chain and
+step) before any evaluation, so each chain's path depends only on its own draws and likelihood values: the
+chains may advance in sweeps (``dispatch="sync"``) or each as soon as its last evaluation is back
+(``"async"``, as Korali's conduits do), on any executor, with bit-identical results. With ``warm_start``
+every particle carries a warm start (its last inner solution) that goes with its chain's next evaluation.
 
-Checkpoints are pickle files (trusted input only) holding ``{"format", "settings", "state"}``; they are
-written after every stage to a temporary file in the same folder and moved into place.
+Checkpoints are pickle files (trusted input only), each written to a temporary file in its folder, flushed
+and moved into place (``os.replace``). ``checkpoint`` holds ``{"format", "settings", "state"}`` after every
+stage; while a stage runs, every batch of finished evaluations goes to ``<checkpoint>.evaluations/`` as it
+comes back, and a resumed run replays them, so a run killed at any point continues where it was.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import pickle
+import re
 import tempfile
 import time
 from collections.abc import Callable
@@ -46,10 +55,11 @@ from scipy.special import logsumexp
 from tqdm.auto import tqdm
 
 from ..prior import Params
-from .executors import as_executor
+from .executors import BatchExecutor, as_executor
 
-__all__ = ["SMCState", "Settings", "basis", "chain_lengths", "next_exponent", "smc", "tmcmc"]
+__all__ = ["CheckpointError", "SMCState", "Settings", "basis", "chain_lengths", "next_exponent", "smc", "tmcmc"]
 _FORMAT = "bodil.smc/1"
+_EVALUATIONS = "bodil.smc-evaluations/1"
 
 
 class Settings(NamedTuple):
@@ -77,6 +87,7 @@ class SMCState(NamedTuple):
     log_evidence: float
     rng: dict  # numpy bit-generator state
     history: tuple[dict, ...]
+    starts: Any = None  # with warm_start: one warm start per particle (its last inner solution)
 
 
 class _Space:
@@ -177,12 +188,8 @@ def _weighted_cholesky(x: np.ndarray, w: np.ndarray, scale: float) -> np.ndarray
     raise FloatingPointError("the particles have collapsed: their weighted covariance is singular.")
 
 
-def _evaluate(fn: Callable, executor: Any, space: _Space, x: np.ndarray) -> tuple[np.ndarray, Any]:
-    """Log-likelihoods ``(m,)`` and stacked aux (or None) of the rows ``x``."""
-    thetas = space.thetas(x)
-    results = executor.evaluate(fn, thetas)
-    if len(results) != len(thetas):
-        raise RuntimeError(f"executor {executor!r} returned {len(results)} results for {len(thetas)} inputs.")
+def _parse(results: list, thetas: list[dict[str, np.ndarray]]) -> tuple[np.ndarray, Any]:
+    """Log-likelihoods ``(m,)`` and stacked aux (or None) of the results of ``log_likelihood`` at ``thetas``."""
     has_aux = [isinstance(r, tuple) for r in results]
     if any(has_aux) and not all(has_aux):
         raise TypeError("log_likelihood must return either always a float or always (float, aux).")
@@ -193,7 +200,7 @@ def _evaluate(fn: Callable, executor: Any, space: _Space, x: np.ndarray) -> tupl
             raise TypeError(f"log_likelihood must return a scalar, got shape {value.shape}.")
         lls[i] = float(value.reshape(()))
         if np.isnan(lls[i]) or lls[i] == np.inf:
-            shown = {k: v.tolist() for k, v in theta.items()}
+            shown = {k: np.asarray(v).tolist() for k, v in theta.items()}
             raise FloatingPointError(f"log_likelihood returned {lls[i]} at theta = {shown}; return a finite "
                                      f"value, or -inf where the parameters are impossible.")
     aux = None
@@ -211,24 +218,122 @@ def _take(tree: Any, idx: np.ndarray) -> Any:
     return jax.tree_util.tree_map(lambda a: np.array(a[idx]), tree)
 
 
-def init(fn: Callable, space: _Space, cfg: Settings, executor: Any) -> SMCState:
+class _WithStart:
+    """``(theta, start) -> fn(theta, start)``: one argument per task, as executors pass it."""
+
+    def __init__(self, fn: Callable):
+        self.fn = fn
+
+    def __call__(self, item: tuple) -> Any:
+        return self.fn(*item)
+
+    def __eq__(self, other: Any) -> bool:
+        return isinstance(other, _WithStart) and other.fn == self.fn
+
+    def __hash__(self) -> int:
+        return hash((_WithStart, self.fn))
+
+
+class _Run:
+    """What stays fixed during a run: the likelihood, how it is evaluated, and the evaluation journal.
+
+    Every task is ``(key, item)`` with ``key`` naming the evaluation within its stage (a chain and a step)
+    and ``item`` the theta (with ``warm_start``: ``(theta, start)``). Results found in the journal (a resumed
+    stage) are handed back at once; the others go to the executor, in waves (``"sync"``: one
+    ``executor.evaluate`` per sweep of the chains) or one by one as they finish (``"async"``:
+    ``executor.dispatch``), and each batch of finished results is journaled before it is used.
+    """
+
+    def __init__(self, fn: Callable, space: _Space, cfg: Settings, executor: Any, dispatch: str, warm: bool,
+                 journal: _Journal):
+        self.fn = _WithStart(fn) if warm else fn
+        self.space, self.cfg, self.executor, self.warm, self.journal = space, cfg, executor, warm, journal
+        self.dispatch = dispatch
+
+    def run(self, stage: int, token: str, tasks: list, handle: Callable[[list], list]) -> None:
+        """Evaluate ``tasks`` and every task that ``handle(finished [(key, result)])`` returns, until none is left."""
+        known = self.journal.open(stage, token)
+
+        def replay(tasks: list) -> list:
+            pending = []
+            while tasks:
+                pending += [t for t in tasks if t[0] not in known]
+                found = [(k, known[k]) for k, _ in tasks if k in known]
+                tasks = handle(found) if found else []
+            return pending
+
+        def on_done(done: list) -> list:
+            self.journal.write(done)
+            return replay(handle(done))
+
+        tasks = replay(tasks)
+        if not tasks:
+            return
+        if self.dispatch == "async":
+            self.executor.dispatch(self.fn, tasks, on_done)
+        else:
+            while tasks:
+                results = self.executor.evaluate(self.fn, [item for _, item in tasks])
+                if len(results) != len(tasks):
+                    raise RuntimeError(f"executor {self.executor!r} returned {len(results)} results for "
+                                       f"{len(tasks)} inputs.")
+                tasks = on_done([(key, r) for (key, _), r in zip(tasks, results)])
+
+    def unpack(self, done: list, thetas: list) -> tuple[np.ndarray, Any, list]:
+        """``(log L (m,), stacked aux or None, warm starts or None)`` of finished tasks."""
+        results = [r for _, r in done]
+        starts = None
+        if self.warm:
+            if not all(isinstance(r, tuple) and len(r) == 2 for r in results):
+                raise TypeError("with warm_start=True, log_likelihood(theta, start) must return (result, start), "
+                                "where result is log L or (log L, aux).")
+            results, starts = [r[0] for r in results], [r[1] for r in results]
+        lls, aux = _parse(results, thetas)
+        return lls, aux, starts
+
+
+def _token(cfg: Settings, stage: int, rng: dict | None) -> str:
+    """Names the evaluations of the stage that ends at ``stage`` and starts from the generator state ``rng``."""
+    return hashlib.sha256(repr((tuple(cfg), stage, rng)).encode()).hexdigest()
+
+
+def init(fn: Callable, space: _Space, cfg: Settings, executor: Any, *, run: _Run | None = None) -> SMCState:
     """Stage 0: ``n`` prior draws and their log-likelihoods."""
     t0 = time.perf_counter()
+    run = run or _Run(fn, space, cfg, as_executor(executor), "sync", False, _Journal(None))
     rng = np.random.Generator(np.random.PCG64(cfg.seed))
     x = space.sample(rng, cfg.n)
-    loglik, aux = _evaluate(fn, executor, space, x)
+    thetas = space.thetas(x)
+    results: list = [None] * cfg.n
+
+    def handle(done: list) -> list:
+        for (i,), r in done:
+            results[i] = r
+        return []
+
+    run.run(0, _token(cfg, 0, None), [((i,), (th, None) if run.warm else th) for i, th in enumerate(thetas)],
+            handle)
+    loglik, aux, starts = run.unpack([(None, r) for r in results], thetas)
     if not np.any(np.isfinite(loglik)):
         raise ValueError(f"log_likelihood is -inf at all {cfg.n} prior draws: check the likelihood and the priors.")
     info = dict(stage=0, q=0.0, cv=np.nan, acceptance_rate=np.nan, unique_selections=cfg.n, log_evidence=0.0,
                 evaluations=cfg.n, wall_time=time.perf_counter() - t0)
-    return SMCState(0, 0.0, x, loglik, space.log_prior(x), aux, 0.0, rng.bit_generator.state, (info,))
+    return SMCState(0, 0.0, x, loglik, space.log_prior(x), aux, 0.0, rng.bit_generator.state, (info,), starts)
 
 
-def step(fn: Callable, space: _Space, cfg: Settings, executor: Any, state: SMCState) -> SMCState:
-    """One stage: next exponent, evidence increment, selection, Metropolis chains at the new exponent."""
+def step(fn: Callable, space: _Space, cfg: Settings, executor: Any, state: SMCState, *,
+         run: _Run | None = None) -> SMCState:
+    """One stage: next exponent, evidence increment, selection, Metropolis chains at the new exponent.
+
+    All random numbers of the stage are drawn first, per chain and step (in the order of a sweep over the
+    chains, step by step), so each chain's path depends on its own draws and likelihood values only: the
+    chains may advance in any order, one evaluation at a time or in sweeps, with the same result.
+    """
     t0 = time.perf_counter()
+    run = run or _Run(fn, space, cfg, as_executor(executor), "sync", False, _Journal(None))
     rng = np.random.Generator(np.random.PCG64())
     rng.bit_generator.state = state.rng
+    token = _token(cfg, state.stage + 1, state.rng)
     q, cv = next_exponent(state.loglik, state.q, cfg.gamma, cfg.max_rho_update)
     log_w = (q - state.q) * state.loglik
     lse = logsumexp(log_w)
@@ -237,48 +342,182 @@ def step(fn: Callable, space: _Space, cfg: Settings, executor: Any, state: SMCSt
     chol = _weighted_cholesky(state.x, w, cfg.beta)
     counts = rng.multinomial(cfg.n, w / w.sum())
     seeds, lengths = chain_lengths(counts, cfg.max_chain_length)
+    steps = cfg.burn_in + lengths * cfg.lmax  # Metropolis steps per chain
+    first = np.cumsum(steps) - steps  # row of (chain c, step t) in the draws: first[c] + t - 1
+    dx, log_u = np.empty((int(steps.sum()), space.d)), np.empty(int(steps.sum()))
+    for t in range(1, int(steps.max()) + 1):
+        rows = first[steps >= t] + t - 1
+        dx[rows], log_u[rows] = rng.standard_normal((len(rows), space.d)), rng.random(len(rows))
+    dx, log_u = dx @ chol.T, np.log(log_u)
+
     x, ll, lp, aux = state.x[seeds], state.loglik[seeds], state.logprior[seeds], _take(state.aux, seeds)
-    steps = cfg.burn_in + lengths * cfg.lmax
+    starts = [state.starts[s] for s in seeds] if run.warm and state.starts is not None else None
+    if run.warm and starts is None:
+        starts = [None] * len(seeds)
     offsets = np.cumsum(lengths) - lengths
     out_x, out_ll, out_lp = np.empty_like(state.x), np.empty(cfg.n), np.empty(cfg.n)
     out_aux = _take(state.aux, np.zeros(cfg.n, int))  # every slot is filled below
-    accepted = proposed = evaluations = 0
-    for t in range(1, int(steps.max()) + 1):
-        idx = np.flatnonzero(steps >= t)
-        z, u = rng.standard_normal((len(idx), space.d)), rng.random(len(idx))
-        prop = x[idx] + z @ chol.T
-        lp_prop = space.log_prior(prop)
-        ok = np.isfinite(lp_prop)
-        ll_prop, aux_prop = np.full(len(idx), -np.inf), None
-        if ok.any():
-            ll_prop[ok], aux_prop = _evaluate(fn, executor, space, prop[ok])
-            evaluations += int(ok.sum())
-        with np.errstate(invalid="ignore", divide="ignore"):
-            acc = ok & (np.log(u) < q * (ll_prop - ll[idx]) + lp_prop - lp[idx])
-        a = idx[acc]
-        x[a], ll[a], lp[a] = prop[acc], ll_prop[acc], lp_prop[acc]
-        if aux is not None and len(a):
-            _tree_set(aux, a, aux_prop, (np.cumsum(ok) - 1)[acc])
-        accepted, proposed = accepted + len(a), proposed + len(idx)
-        if t > cfg.burn_in and (t - cfg.burn_in) % cfg.lmax == 0:  # record every active chain's state
-            slot = offsets[idx] + (t - cfg.burn_in) // cfg.lmax - 1
-            out_x[slot], out_ll[slot], out_lp[slot] = x[idx], ll[idx], lp[idx]
+    out_starts = [None] * cfg.n if starts is not None else None
+    t_chain = np.zeros(len(seeds), int)  # the step each chain is at
+    prop_x, prop_lp = np.empty_like(x), np.empty(len(seeds))
+    stats = dict(accepted=0, evaluations=0)
+
+    def finish(chains: np.ndarray, accept: np.ndarray, ll_new=None, aux_new=None, starts_new=None) -> np.ndarray:
+        """End step ``t_chain`` of ``chains`` (moving where ``accept``), record; the chains that go on."""
+        a, j = chains[accept], np.flatnonzero(accept)
+        if len(a):
+            x[a], ll[a], lp[a] = prop_x[a], ll_new[j], prop_lp[a]
             if aux is not None:
-                _tree_set(out_aux, slot, aux, idx)
-    info = dict(stage=state.stage + 1, q=q, cv=cv, acceptance_rate=accepted / max(proposed, 1),
+                _tree_set(aux, a, aux_new, j)
+            if starts is not None:
+                for c, k in zip(a, j):
+                    starts[c] = starts_new[k]
+        stats["accepted"] += len(a)
+        t = t_chain[chains]
+        rec = (t > cfg.burn_in) & ((t - cfg.burn_in) % cfg.lmax == 0)
+        c_rec = chains[rec]
+        slot = offsets[c_rec] + (t[rec] - cfg.burn_in) // cfg.lmax - 1
+        out_x[slot], out_ll[slot], out_lp[slot] = x[c_rec], ll[c_rec], lp[c_rec]
+        if aux is not None:
+            _tree_set(out_aux, slot, aux, c_rec)
+        if starts is not None:
+            for s, c in zip(slot, c_rec):
+                out_starts[s] = starts[c]
+        return chains[t < steps[chains]]
+
+    def propose(chains: np.ndarray) -> list:
+        """The next step of ``chains``: tasks for the proposals inside the prior's support; the others are
+        rejected without evaluating the likelihood and their chains move on at once."""
+        tasks = []
+        while len(chains):
+            t_chain[chains] += 1
+            prop_x[chains] = x[chains] + dx[first[chains] + t_chain[chains] - 1]
+            prop_lp[chains] = space.log_prior(prop_x[chains])
+            ok = np.isfinite(prop_lp[chains])
+            for c, theta in zip(chains[ok], space.thetas(prop_x[chains[ok]])):
+                tasks.append(((int(c), int(t_chain[c])), (theta, starts[c]) if starts is not None else theta))
+            chains = finish(chains[~ok], np.zeros(int(np.count_nonzero(~ok)), bool))
+        return tasks
+
+    def handle(done: list) -> list:
+        chains = np.asarray([c for (c, _), _ in done], int)
+        if np.any(t_chain[chains] != np.asarray([t for (_, t), _ in done])):
+            raise RuntimeError("an evaluation came back for a step its chain is not at (a duplicated task).")
+        ll_new, aux_new, starts_new = run.unpack(done, space.thetas(prop_x[chains]))
+        stats["evaluations"] += len(done)
+        with np.errstate(invalid="ignore"):
+            accept = log_u[first[chains] + t_chain[chains] - 1] < (q * (ll_new - ll[chains]) + prop_lp[chains]
+                                                                   - lp[chains])
+        return propose(finish(chains, accept, ll_new, aux_new, starts_new))
+
+    run.run(state.stage + 1, token, propose(np.arange(len(seeds))), handle)
+    info = dict(stage=state.stage + 1, q=q, cv=cv, acceptance_rate=stats["accepted"] / max(int(steps.sum()), 1),
                 unique_selections=int(np.count_nonzero(counts)), log_evidence=log_evidence,
-                evaluations=evaluations, wall_time=time.perf_counter() - t0)
+                evaluations=stats["evaluations"], wall_time=time.perf_counter() - t0)
     return SMCState(state.stage + 1, q, out_x, out_ll, out_lp, out_aux, log_evidence, rng.bit_generator.state,
-                    state.history + (info,))
+                    state.history + (info,), out_starts)
+
+
+class CheckpointError(OSError):
+    """A checkpoint could not be written (disk full, folder not writable...); the previous one is intact."""
+
+
+def _atomic_write(path: str, obj: Any) -> None:
+    """Pickle ``obj`` to a temporary file next to ``path``, flush it to disk and move it into place."""
+    folder = os.path.dirname(os.path.abspath(path))
+    tmp = None
+    try:
+        with tempfile.NamedTemporaryFile("wb", dir=folder, prefix=".smc-", suffix=".tmp", delete=False) as f:
+            tmp = f.name
+            pickle.dump(obj, f, protocol=pickle.HIGHEST_PROTOCOL)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as err:
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
+        raise CheckpointError(err.errno, f"cannot write the checkpoint {path!r}: {err.strerror or err}. The "
+                                         f"previous checkpoint is left as it was; free disk space or choose a "
+                                         f"writable folder, then call again with resume=True") from err
+
+
+class _Journal:
+    """The finished evaluations of the running stage, checkpointed as they come back.
+
+    One pickle file per batch of results, ``<checkpoint>.evaluations/stage-SSSSS-BBBBBBB.pkl`` (written by
+    ``_atomic_write``), holding ``{"format", "token", "results": [(key, result), ...]}``. The token names the
+    stage and the generator state it starts from, so only results of the very same stage are replayed; files
+    that cannot be read (a power loss) are ignored and their evaluations run again. The files of a stage are
+    deleted once the stage's state is checkpointed.
+    """
+
+    def __init__(self, checkpoint: str | None):
+        self.folder = None if checkpoint is None else checkpoint + ".evaluations"
+        self.stage, self.token, self.batch = 0, "", 0
+
+    def prepare(self, keep: bool) -> None:
+        """Create the folder (fails early where it cannot be written); without ``keep``, empty it."""
+        if self.folder is None:
+            return
+        try:
+            os.makedirs(self.folder, exist_ok=True)
+        except OSError as err:
+            raise CheckpointError(err.errno, f"cannot create the checkpoint folder {self.folder!r}: "
+                                             f"{err.strerror or err}") from err
+        if not keep:
+            self.clear(None)
+
+    def _files(self) -> list[tuple[int, int, str]]:
+        out = []
+        for name in os.listdir(self.folder):
+            m = re.fullmatch(r"stage-(\d+)-(\d+)\.pkl", name)
+            if m:
+                out.append((int(m[1]), int(m[2]), os.path.join(self.folder, name)))
+            elif name.endswith(".tmp"):
+                out.append((-1, 0, os.path.join(self.folder, name)))
+        return sorted(out)
+
+    def open(self, stage: int, token: str) -> dict:
+        """Start journaling ``stage``; the results already journaled for it, ``{key: result}``."""
+        self.stage, self.token, self.batch, known = stage, token, 0, {}
+        if self.folder is None:
+            return known
+        for s, b, file in self._files():
+            if s != stage:
+                continue
+            self.batch = max(self.batch, b)
+            try:
+                with open(file, "rb") as f:
+                    data = pickle.load(f)
+            except Exception:  # cut short by a crash of the machine: evaluate again
+                continue
+            if data.get("format") == _EVALUATIONS and data.get("token") == token:
+                known.update(data["results"])
+        return known
+
+    def write(self, done: list) -> None:
+        if self.folder is None:
+            return
+        self.batch += 1
+        _atomic_write(os.path.join(self.folder, f"stage-{self.stage:05d}-{self.batch:07d}.pkl"),
+                      {"format": _EVALUATIONS, "token": self.token, "results": done})
+
+    def clear(self, upto: int | None) -> None:
+        """Delete the files of stages ``<= upto`` (all files for ``None``) and leftover temporary files."""
+        if self.folder is None:
+            return
+        for s, _, file in self._files():
+            if upto is None or s <= upto:
+                os.unlink(file)
+
+    def close(self) -> None:
+        """Remove the folder if it is empty (the run is complete)."""
+        if self.folder is not None and os.path.isdir(self.folder) and not os.listdir(self.folder):
+            os.rmdir(self.folder)
 
 
 def _save(path: str, cfg: Settings, state: SMCState) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    with tempfile.NamedTemporaryFile("wb", dir=folder, prefix=".smc-", suffix=".tmp", delete=False) as f:
-        pickle.dump({"format": _FORMAT, "settings": cfg._asdict(), "state": state._asdict()}, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(f.name, path)
+    _atomic_write(path, {"format": _FORMAT, "settings": cfg._asdict(), "state": state._asdict()})
 
 
 def _load(path: str, cfg: Settings) -> SMCState:
@@ -326,30 +565,44 @@ def _inference_data(state: SMCState, space: _Space, cfg: Settings, algorithm: st
 
 def smc(log_likelihood: Callable, params: Params, n: int = 512, *, seed: int = 0, beta: float = 0.2,
         gamma: float = 1.0, max_chain_length: int | None = 1, lmax: int = 1, burn_in: int = 0,
-        max_rho_update: float = 1.0, executor: Any = None, checkpoint: str | os.PathLike | None = None,
-        resume: bool = False, max_stages: int = 100, progress: bool = False,
-        _algorithm: str = "smc") -> az.InferenceData:
+        max_rho_update: float = 1.0, executor: Any = None, dispatch: str = "auto", warm_start: bool = False,
+        checkpoint: str | os.PathLike | None = None, resume: bool = False, max_stages: int = 100,
+        progress: bool = False, _algorithm: str = "smc") -> az.InferenceData:
     """Sample ``p(theta | D) ~ L(theta) p(theta)`` by annealing ``L^q p`` from ``q = 0`` to 1; see the module doc.
 
     Args:
         log_likelihood: ``theta -> log L`` (a float, ``-inf`` allowed; NaN raises) or ``(log L, aux)``, where
             ``aux`` is a pytree of arrays (e.g. a reconstructed field) carried along with its particle. ``theta``
             is ``{name: np.ndarray}`` with the inferred parameters of ``params`` (fixed ones are not passed).
+            With ``warm_start=True`` it is called as ``log_likelihood(theta, start)`` and returns
+            ``(result, start')``: ``start`` is the warm start carried by the particle the chain is at (``None``
+            for the prior draws), ``start'`` the one to carry on if the proposal is accepted (e.g.
+            ``ModeApproximation.warm_log_likelihood``).
         params: ``bodil.Params``; its numpyro distributions are the priors.
         n: number of particles.
-        seed: seeds the ``numpy`` PCG64 generator. The same seed gives the same result with any executor as
-            long as ``log_likelihood`` returns the same values there (``jit``/``vmap`` may change the last bits
-            of a JAX function's value against eager calls; then the samples differ by rounding only).
+        seed: seeds the ``numpy`` PCG64 generator. The same seed gives the same result with any executor and
+            dispatch as long as ``log_likelihood`` returns the same values there (``jit``/``vmap`` may change
+            the last bits of a JAX function's value against eager calls; then the samples differ by rounding).
         beta: proposal scale: covariance ``beta^2 C`` (Korali's covariance scaling ``0.04 = 0.2^2``).
         gamma: target coefficient of variation of the incremental weights (``ESS/n = 1/(1 + gamma^2)``).
         max_chain_length: longest chain; 1 is BASIS, ``None`` no limit (classic TMCMC).
         lmax: Metropolis steps per recorded chain sample. burn_in: extra unrecorded steps per chain.
         max_rho_update: largest increase of ``q`` per stage.
-        executor: ``None`` (serial), a ``concurrent.futures.Executor``, or an object with
-            ``evaluate(fn, thetas)`` (``bodil.inference.executors``).
-        checkpoint: file written after every stage (pickle, atomic). resume: continue from ``checkpoint`` if
-            it exists (settings must match; ``max_stages``, executor and progress may differ); with
-            ``resume=False`` the run starts afresh and overwrites it.
+        executor: ``None`` (serial), a ``concurrent.futures.Executor``, an object with ``evaluate(fn, thetas)``
+            (``bodil.inference.executors``), e.g. ``DaskExecutor`` for a ``dask.distributed`` cluster.
+        dispatch: ``"sync"``: the chains advance in sweeps, one ``executor.evaluate`` per Metropolis step of
+            all chains; ``"async"``: each finished evaluation at once starts its chain's next step
+            (``executor.dispatch``; ``PoolExecutor``, ``DaskExecutor``), so slow evaluations hold back only
+            their own chain; ``"auto"``: ``"async"`` where the executor has ``dispatch``. Same result.
+        warm_start: pass each evaluation the warm start of its chain's particle (see ``log_likelihood``);
+            needs an executor that evaluates one theta at a time (not ``BatchExecutor``/``VmapExecutor``).
+        checkpoint: file written after every stage (pickle, atomic); while a stage runs, its finished
+            evaluations are written as they come back to the folder ``<checkpoint>.evaluations``.
+            resume: continue from ``checkpoint`` and the finished evaluations of the interrupted stage, if any
+            (settings must match; ``max_stages``, executor, dispatch and progress may differ): a run killed at
+            any moment and resumed gives the same result as one not interrupted. With ``resume=False`` the run
+            starts afresh and overwrites them. A checkpoint that cannot be written raises ``CheckpointError``
+            (an ``OSError``) and leaves the previous one intact.
         max_stages: raise ``RuntimeError`` if ``q < 1`` after this many stages (the checkpoint is kept).
         progress: show a tqdm bar per stage.
 
@@ -370,31 +623,49 @@ def smc(log_likelihood: Callable, params: Params, n: int = 512, *, seed: int = 0
                f"max_chain_length must be >= 1 or None, got {max_chain_length}"),
               (max_rho_update > 0, f"max_rho_update must be positive, got {max_rho_update}"),
               (max_stages >= 1, f"max_stages must be >= 1, got {max_stages}"),
+              (dispatch in ("auto", "sync", "async"), f"dispatch must be 'auto', 'sync' or 'async', got {dispatch!r}"),
               (not resume or checkpoint is not None, "resume=True needs checkpoint=path")]
     for ok, message in checks:
         if not ok:
             raise ValueError(f"{_algorithm}: {message}.")
     space, executor = _Space(params), as_executor(executor)
+    can_dispatch = callable(getattr(executor, "dispatch", None))
+    if dispatch == "async" and not can_dispatch:
+        raise ValueError(f"{_algorithm}: dispatch='async' needs an executor with a dispatch method (PoolExecutor, "
+                         f"DaskExecutor); {executor!r} has none: use dispatch='sync'.")
+    if warm_start and isinstance(executor, BatchExecutor):
+        raise ValueError(f"{_algorithm}: warm_start=True needs an executor that evaluates one theta at a time "
+                         f"(SerialExecutor, PoolExecutor, DaskExecutor), not {executor!r}.")
     cfg = Settings(int(n), int(seed), float(beta), float(gamma), int(max_chain_length or 0), int(lmax), int(burn_in),
                    float(max_rho_update), space.names, space.shapes)
     path = os.fspath(checkpoint) if checkpoint is not None else None
-    if resume and os.path.exists(path):
-        state = _load(path, cfg)
-    else:
-        state = init(log_likelihood, space, cfg, executor)
-        if path:
-            _save(path, cfg, state)
-    with tqdm(desc=_algorithm, unit="stage", disable=not progress, initial=state.stage) as bar:
-        while state.q < 1.0:
-            if state.stage >= max_stages:
-                raise RuntimeError(f"{_algorithm}: the exponent is only q = {state.q:.4g} after {state.stage} stages "
-                                   f"(max_stages); raise max_stages" + (" and resume=True to continue." if path else "."))
-            state = step(log_likelihood, space, cfg, executor, state)
+    journal = _Journal(path)
+    journal.prepare(keep=resume)
+    run = _Run(log_likelihood, space, cfg, executor, "async" if dispatch == "auto" and can_dispatch else
+               dispatch.replace("auto", "sync"), warm_start, journal)
+    try:
+        if resume and os.path.exists(path):
+            state = _load(path, cfg)
+        else:
+            state = init(log_likelihood, space, cfg, executor, run=run)
             if path:
                 _save(path, cfg, state)
-            h = state.history[-1]
-            bar.update(1)
-            bar.set_postfix(q=f"{h['q']:.3g}", acc=f"{h['acceptance_rate']:.2f}", logZ=f"{h['log_evidence']:.3f}")
+                journal.clear(state.stage)
+        with tqdm(desc=_algorithm, unit="stage", disable=not progress, initial=state.stage) as bar:
+            while state.q < 1.0:
+                if state.stage >= max_stages:
+                    raise RuntimeError(f"{_algorithm}: the exponent is only q = {state.q:.4g} after {state.stage} "
+                                       f"stages (max_stages); raise max_stages"
+                                       + (" and resume=True to continue." if path else "."))
+                state = step(log_likelihood, space, cfg, executor, state, run=run)
+                if path:
+                    _save(path, cfg, state)
+                    journal.clear(state.stage)
+                h = state.history[-1]
+                bar.update(1)
+                bar.set_postfix(q=f"{h['q']:.3g}", acc=f"{h['acceptance_rate']:.2f}", logZ=f"{h['log_evidence']:.3f}")
+    finally:
+        journal.close()  # only an empty folder: a complete run, or an error between stages
     return _inference_data(state, space, cfg, _algorithm)
 
 

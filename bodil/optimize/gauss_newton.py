@@ -8,6 +8,14 @@ With ``f(x) = 0.5 |R(x)|^2 + S(x)`` (least-squares blocks ``R`` and scalar block
    (``curvature="exact"`` uses the exact Hessian instead: Newton-Krylov). No matrix is ever formed;
 3. backtracks along ``p`` until the Armijo condition ``f(x + t p) <= f(x) + c t g.p`` holds.
 
+``mu`` is ``damping``: fixed (default 0, plain Gauss-Newton), or with ``adaptive_damping=True`` the
+Levenberg-Marquardt rule of a trust region, started at ``damping``: after each step the ratio
+``rho = (f(x) - f(x + p)) / (-g.p - p.H p / 2)`` of the actual to the predicted decrease of the full step
+divides ``mu`` by 3 when ``rho > 3/4`` and doubles it when ``rho < 1/4``. Where the quadratic model is poor
+far from the optimum (sigmoid or hinge likelihoods whose curvature switches on as a voxel crosses a
+threshold) the damped steps turn towards the gradient instead of being cut back along an overshooting
+Gauss-Newton direction; near the optimum ``mu`` falls away and the steps become Gauss-Newton steps again.
+
 The CG tolerance follows the forcing sequence ``eta_k = min(eta_max, sqrt(|g_k| / |g_0|))``: loose far from
 the solution, tight near it. For a quadratic ``f`` (linear residuals, Gaussian data) pass ``eta_max=0`` so
 the first CG solve runs to ``cg_rtol`` and one step lands on the minimiser.
@@ -53,6 +61,7 @@ class GNStep(NamedTuple):
     cg_converged: jax.Array
     linesearch_evals: jax.Array
     predicted_decrease: jax.Array
+    model_ratio: jax.Array  # actual / predicted decrease of the full step (the trust-region ratio)
 
 
 class GaussNewton:
@@ -60,14 +69,21 @@ class GaussNewton:
     times (warm starts, profile and mode-approximation loops) without recompiling."""
 
     def __init__(self, obj: Objective, *, curvature: str = "gauss-newton", damping: float = 0.0,
-                 cg_maxiter: int = 500, cg_rtol: float = 1e-10, eta_max: float = 0.1, max_backtracks: int = 30,
-                 armijo: float = 1e-4, preconditioner="auto"):
+                 adaptive_damping: bool = False, cg_maxiter: int = 500, cg_rtol: float = 1e-10,
+                 eta_max: float = 0.1, max_backtracks: int = 30, armijo: float = 1e-4, preconditioner="auto"):
         if curvature not in ("gauss-newton", "exact"):
             raise ValueError(f"gauss_newton: curvature must be 'gauss-newton' or 'exact', got {curvature!r}.")
+        if not damping >= 0:
+            raise ValueError(f"gauss_newton: damping must be >= 0, got {damping!r}.")
+        if adaptive_damping and damping <= 0:
+            raise ValueError("gauss_newton: adaptive_damping needs a positive starting damping= (the scale of "
+                             "the curvature per unknown, e.g. 0.1 / sigma^2 for a sigmoid likelihood of width "
+                             "sigma).")
         if not (preconditioner in PRECONDITIONERS or callable(preconditioner)):
             raise ValueError(f"gauss_newton: preconditioner must be one of {PRECONDITIONERS} or a callable, "
                              f"got {preconditioner!r}.")
         self.obj, self.curvature = obj, curvature
+        self.adaptive_damping = bool(adaptive_damping)
         self.options = dict(damping=damping, cg_maxiter=cg_maxiter, cg_rtol=cg_rtol, eta_max=eta_max,
                             max_backtracks=max_backtracks, armijo=armijo)
         self.preconditioner = preconditioner
@@ -79,9 +95,9 @@ class GaussNewton:
     def _make_step(self, fix_theta: bool):
         obj, opts = self.obj, self.options
         residual, scalar, value = obj.residual, obj.scalar, obj.value
-        damping, armijo = opts["damping"], opts["armijo"]
+        armijo = opts["armijo"]
 
-        def step(x, g0_norm):
+        def step(x, g0_norm, damping):
             mask = (jnp.arange(x.size) < self.n_field).astype(x.dtype) if fix_theta else None
             project = (lambda v: v * mask) if fix_theta else (lambda v: v)
             r, jvp = jax.linearize(residual, x)
@@ -128,12 +144,15 @@ class GaussNewton:
                 t = 0.5 * t
                 return t, value(x + t * p), k + 1
 
-            t, f_new, k = jax.lax.while_loop(ls_cond, ls_body,
-                                             (jnp.ones((), x.dtype), value(x + p), jnp.zeros((), jnp.int32)))
+            f_full = value(x + p)
+            t, f_new, k = jax.lax.while_loop(ls_cond, ls_body, (jnp.ones((), x.dtype), f_full, jnp.zeros((), jnp.int32)))
             accepted = jnp.isfinite(f_new) & (f_new <= loss + armijo * t * slope) & (slope < 0)
             x_new = jnp.where(accepted, x + t * p, x)
+            predicted = -slope - 0.5 * jnp.vdot(p, project(curvature(p)))
+            ratio = jnp.where(jnp.isfinite(f_full), (loss - f_full) / jnp.where(predicted > 0, predicted, jnp.inf),
+                              -jnp.inf)
             return GNStep(x_new, loss, jnp.where(accepted, f_new, loss), jnp.max(jnp.abs(g)), accepted,
-                          info.iterations, info.residual_norm <= tol, k + 1, -slope)
+                          info.iterations, info.residual_norm <= tol, k + 1, -slope, ratio)
 
         return step
 
@@ -155,12 +174,15 @@ class GaussNewton:
         n_grad = 1
         converged, message = False, "maximum number of iterations reached"
         it = 0
+        mu, mus = self.options["damping"], []
+        mu_floor, mu_ceiling = 1e-12 * mu, 1e12 * mu
         g_inf = float(jnp.max(jnp.abs(g0)))
         if g_inf <= gtol:
             converged, message = True, "gradient norm below gtol at the start"
         with tqdm(total=max_iter, desc="gauss-newton", disable=not progress, leave=False) as bar:
             while not converged and it < max_iter:
-                out = step(x, g0_norm)
+                out = step(x, g0_norm, jnp.asarray(mu, x.dtype))
+                mus.append(mu)
                 it += 1
                 k = int(out.cg_iterations)
                 cg_its.append(k)
@@ -177,11 +199,22 @@ class GaussNewton:
                     converged, message = True, "gradient norm below gtol"
                     x = out.x
                     break
-                if bool(out.cg_converged) and float(out.predicted_decrease) <= ftol * max(abs(loss), 1.0):
+                trusted = not self.adaptive_damping or mus[-1] <= self.options["damping"]  # a small damped step is no sign of a minimum
+                if trusted and bool(out.cg_converged) and float(out.predicted_decrease) <= ftol * max(abs(loss), 1.0):
                     converged, message = True, "predicted decrease below ftol (Newton decrement)"
                     x = out.x
                     break
+                # The ratio means something only while the predicted decrease is above rounding in f.
+                if self.adaptive_damping and float(out.predicted_decrease) > 1e-13 * max(abs(loss), 1.0):
+                    ratio = float(out.model_ratio)
+                    if ratio > 0.75:
+                        mu = max(mu / 3.0, mu_floor)
+                    elif ratio < 0.25:
+                        mu = 2.0 * mu
                 if not bool(out.accepted):
+                    if self.adaptive_damping and mu < mu_ceiling:
+                        mu = max(mu, 2.0 * mus[-1])
+                        continue  # a shorter, more gradient-like step from the same point
                     message = "line search failed to decrease the loss"
                     break
                 x = out.x
@@ -203,7 +236,7 @@ class GaussNewton:
                         converged=converged, message=message, iterations=it, loss=final,
                         loss_terms=obj.parts(x), grad_norm=float(jnp.max(jnp.abs(g_final))), wall_time=wall,
                         evaluations={"fun": n_fun, "grad": n_grad, "jvp": n_jvp, "vjp": n_vjp},
-                        history=np.asarray(history), extra={"cg_iterations": cg_its})
+                        history=np.asarray(history), extra={"cg_iterations": cg_its, "damping": mus})
         return x, report
 
 

@@ -22,7 +22,10 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import hashlib
+import json
 import os
+import shutil
 import sys
 import time
 from typing import Any
@@ -32,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..io import InputError, atomic_directory, check_same_grid, save_nifti, write_json, Volume
+from ..io import InputError, Volume, atomic_directory, check_same_grid, remove_stale_temporaries, save_nifti, write_json
 from ..likelihood import CORE
 from .anatomy import Anatomy, crop_around
 from .ctv import ctv_ensemble
@@ -65,9 +68,11 @@ class Settings:
             ``lambda_PDE -> infinity`` of the mode approximation, where ``u*(theta)`` is the solution of the PDE
             (an explicit Fisher-Kolmogorov run, ``bodil.forward.fk``) and
             ``log p(theta | D) = log p(D | u_FK(theta)(T), theta) + log p(theta)``: cheap and robust.
-            ``"odil"``: the mode approximation at finite ``lambda_PDE`` (eq. 12), an inner ODIL Gauss-Newton
-            solve per evaluation; on tumour boxes these solves stall far from the mode today (see the
-            ``inner_solves`` counts in the summary), so it is not the default.
+            ``"odil"``: the mode approximation at finite ``lambda_PDE`` (eq. 12), an inner ODIL solve per
+            evaluation (Gauss-Newton with adaptive Levenberg-Marquardt damping): a second or more per
+            evaluation at the default size on a laptop CPU against hundredths for a forward run, and rarely
+            converged within ``inner_iterations`` (see the ``inner_solves`` counts in the summary), so it is
+            not the default.
         inner_ftol: relative accuracy of each inner solve's log density (``1e-6`` of a loss of a few
             hundred: a few thousandths of a nat).
         inner_iterations: Gauss-Newton iterations of each inner solve. Near the mode the solves converge in
@@ -185,7 +190,8 @@ def _final_particles_converged(mode, origin_box, names) -> float:
 
 def run_ctv(segmentation: Segmentation | str, anatomy: Anatomy, out, *, labels="brats2021",
             settings: Settings = Settings(), patient_id: str | None = None, truth: dict | None = None,
-            inputs: dict | None = None, overwrite: bool = False, progress: bool = True) -> CTVRun:
+            inputs: dict | None = None, overwrite: bool = False, resume: bool = False,
+            progress: bool = True) -> CTVRun:
     """Infer the tumour's growth with uncertainty and write the CTV ensemble and the report into ``out``.
 
     Args:
@@ -199,6 +205,12 @@ def run_ctv(segmentation: Segmentation | str, anatomy: Anatomy, out, *, labels="
         truth: optional known parameters (synthetic patients: ``origin_world`` in mm) shown in the report.
         inputs: optional ``{name: path}`` of the input files, recorded in the summary.
         overwrite: replace a non-empty ``out``.
+        resume: continue an interrupted run from its checkpoint. While BASIS runs, its state after every stage
+            and every finished evaluation are saved in ``<out>.checkpoint/`` (next to ``out``), which is
+            deleted when the run completes. After a crash or a ``kill -9``, the same call with ``resume=True``
+            (``bodil ctv ... --resume``) continues and writes the same result as an uninterrupted run; the
+            inputs and settings must be the same (checked). Without ``resume`` an existing checkpoint is an
+            error, so that hours of sampling are never thrown away by accident.
         progress: print the stages and show progress bars.
 
     Returns:
@@ -215,19 +227,79 @@ def run_ctv(segmentation: Segmentation | str, anatomy: Anatomy, out, *, labels="
                      "tissue maps": Volume(anatomy.wm, anatomy.affine, None)})
     if patient_id is None:
         patient_id = os.path.basename(segmentation.path or "patient").split(".nii")[0]
+    final = os.path.abspath(os.fspath(out))
+    checkpoint, fingerprint = final + ".checkpoint", _fingerprint(segmentation, anatomy, settings)
+    resuming = _check_checkpoint(checkpoint, fingerprint, resume)
+    if resuming:
+        remove_stale_temporaries(final)  # the half-built output folder of the killed run
     with _x64(), atomic_directory(out, overwrite=overwrite) as tmp:
         started = time.perf_counter()
-        result = _run(segmentation, anatomy, tmp, settings, patient_id, truth, inputs or {}, progress)
+        if not resuming:
+            os.makedirs(checkpoint, exist_ok=True)
+            write_json(os.path.join(checkpoint, "run.json"), fingerprint)
+        else:
+            _log(f"resuming from the checkpoint {checkpoint}", progress)
+        try:
+            result = _run(segmentation, anatomy, tmp, settings, patient_id, truth, inputs or {}, progress,
+                          os.path.join(checkpoint, "basis.pkl"), resuming)
+        except InputError:
+            shutil.rmtree(checkpoint, ignore_errors=True)  # nothing worth keeping: the inputs were refused
+            raise
+        except BaseException:
+            print(f"bodil: the run stopped; continue it with resume=True (bodil ctv ... --resume) from the "
+                  f"checkpoint {checkpoint}", file=sys.stderr)
+            raise
         result["summary"]["wall_time_s"] = round(time.perf_counter() - started, 1)
         write_json(os.path.join(tmp, "summary.json"), result["summary"])
-    final = os.path.abspath(os.fspath(out))
+    shutil.rmtree(checkpoint, ignore_errors=True)
     files = {k: os.path.join(final, os.path.basename(v)) for k, v in result["files"].items()}
     files["summary"] = os.path.join(final, "summary.json")
     return CTVRun(final, files, result["summary"])
 
 
+def _fingerprint(seg: Segmentation, anatomy: Anatomy, settings: Settings) -> dict:
+    """What a checkpoint must match to be resumed: the settings and hashes of the input arrays."""
+    digest = hashlib.sha256()
+    for arr in (seg.classes, seg.affine, anatomy.wm, anatomy.gm, anatomy.csf, anatomy.affine):
+        a = np.ascontiguousarray(arr)
+        digest.update(str((a.dtype, a.shape)).encode())
+        digest.update(a.tobytes())
+    return {"format": "bodil.ctv-checkpoint/1", "inputs_sha256": digest.hexdigest(),
+            "settings": json.loads(json.dumps(dataclasses.asdict(settings)))}
+
+
+def _check_checkpoint(checkpoint: str, fingerprint: dict, resume: bool) -> bool:
+    """Whether to resume; refuses a checkpoint left by another run, or one that ``resume`` was not asked for."""
+    if not os.path.exists(checkpoint):
+        return False
+    if not resume:
+        raise InputError(f"{checkpoint} holds the checkpoint of an interrupted run into this output folder; "
+                         "continue it with --resume (resume=True), or delete that folder to start afresh.")
+    try:
+        with open(os.path.join(checkpoint, "run.json")) as f:
+            stored = json.load(f)
+    except (OSError, ValueError) as err:
+        raise InputError(f"cannot read the checkpoint {checkpoint} ({err}); delete that folder to start "
+                         "afresh.") from err
+    if stored != fingerprint:
+        what = [k for k in ("inputs_sha256", "settings") if stored.get(k) != fingerprint[k]]
+        diff = [f"{k}: {stored.get('settings', {}).get(k)!r} -> {v!r}" for k, v in fingerprint["settings"].items()
+                if stored.get("settings", {}).get(k) != v]
+        raise InputError(f"the checkpoint {checkpoint} was written for other {' and '.join(what)}"
+                         + (f" ({'; '.join(diff)})" if diff else "") + "; resume with the same inputs and "
+                         "settings, or delete that folder to start afresh.")
+    return True
+
+
+def _damping(s: Settings) -> float:
+    """Starting Levenberg-Marquardt damping of the ODIL solves: a tenth of the largest curvature per voxel of
+    the data term, ``1 / (4 sigma^2)`` for both likelihoods' sigmoid (measured on the demo box: plain
+    Gauss-Newton steps overshoot as voxels cross a threshold and the line search cuts them to slivers)."""
+    return 0.1 / (4.0 * s.sigma**2)
+
+
 def _run(seg: Segmentation, anatomy: Anatomy, tmp: str, s: Settings, patient_id: str, truth, inputs,
-         progress: bool) -> dict:
+         progress: bool, checkpoint: str | None = None, resume: bool = False) -> dict:
     from ..inference import ModeApproximation, basis
     from ..optimize import map_estimate
 
@@ -257,6 +329,7 @@ def _run(seg: Segmentation, anatomy: Anatomy, tmp: str, s: Settings, patient_id:
     if s.inner == "odil":
         mode = ModeApproximation(post_model.posterior, fit.u, theta_start, ftol=s.inner_ftol,
                                  max_iter=s.inner_iterations, cg_maxiter=s.inner_cg_iterations,
+                                 damping=_damping(s), adaptive_damping=True,
                                  on_failure="lower-bound", cache_size=max(32, 2 * s.samples),
                                  keep=lambda u, th: np.asarray(u[-1], np.float32),
                                  initial=lambda th: post_model.forward(th))
@@ -265,7 +338,7 @@ def _run(seg: Segmentation, anatomy: Anatomy, tmp: str, s: Settings, patient_id:
         mode = _ForwardLikelihood(post_model)
         log_likelihood = mode
     idata = basis(log_likelihood, post_model.posterior.params, n=s.samples, seed=s.seed, beta=s.beta,
-                  gamma=s.gamma, lmax=s.lmax, progress=progress)
+                  gamma=s.gamma, lmax=s.lmax, checkpoint=checkpoint, resume=resume, progress=progress)
     inner = mode.summary()
     fields = np.asarray(idata.posterior["aux"].values).reshape((-1,) + crop.shape)
     origin_box = np.stack([np.asarray(idata.posterior[c].values).ravel() if c in s.posterior_parameters
