@@ -322,8 +322,10 @@ def _run(seg: Segmentation, anatomy: Anatomy, tmp: str, s: Settings, patient_id:
     _log(f"MAP: {fit.report.message}; " + ", ".join(f"{k} = {v:.4g}" for k, v in theta_map.items()), progress)
 
     # ---------------------------------------------------------------- posterior
-    _log(f"posterior of {', '.join(s.posterior_parameters)}: BASIS, {s.samples} samples, each an inner "
-         "ODIL solve", progress)
+    each = ("an inner ODIL solve" if s.inner == "odil" else
+            "a forward Fisher-Kolmogorov run (the mode approximation as lambda_PDE -> infinity)")
+    _log(f"posterior of {', '.join(s.posterior_parameters)}: BASIS, {s.samples} samples, each evaluation {each}",
+         progress)
     post_model = model.with_fixed(theta_map, infer=s.posterior_parameters)
     theta_start = {k: jnp.asarray(theta_map[k]) for k in s.posterior_parameters}
     if s.inner == "odil":
