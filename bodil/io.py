@@ -140,6 +140,28 @@ def _temporary_sibling(path: str, suffix: str = "", kind: str = "tmp") -> str:
     return os.path.join(folder, f".{name}.{kind}-{uuid.uuid4().hex[:12]}{suffix}")
 
 
+@contextlib.contextmanager
+def atomic_path(path, suffix: str = "") -> Iterator[str]:
+    """Yield a temporary name next to ``path`` to write the file into; on normal exit it replaces ``path``
+    (``os.replace``), on an exception it is removed and ``path`` is left as it was.
+
+    ::
+
+        with atomic_path("summary.json", ".json") as tmp:
+            with open(tmp, "w") as f:
+                f.write(text)
+    """
+    path = os.fspath(path)
+    tmp = _temporary_sibling(path, suffix)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+
+
 def remove_stale_temporaries(out) -> list[str]:
     """Delete the hidden temporary folders (``.<name>.tmp-*``) that a killed ``atomic_directory(out)`` left
     next to ``out``; returns their paths. Only for the owner of ``out`` (a run being resumed)."""
@@ -168,14 +190,8 @@ def save_nifti(path, data, affine, *, dtype=np.float32) -> str:
     img = nib.Nifti1Image(arr.astype(dtype), np.asarray(affine, dtype=float))
     img.set_qform(img.affine, code=1)
     img.set_sform(img.affine, code=1)
-    tmp = _temporary_sibling(path, suffix)
-    try:
+    with atomic_path(path, suffix) as tmp:
         nib.save(img, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        raise
     return path
 
 
@@ -196,15 +212,8 @@ def write_json(path, obj) -> str:
     plain numbers and lists. Returns the path."""
     path = os.fspath(path)
     text = json.dumps(obj, indent=2, default=_to_jsonable) + "\n"
-    tmp = _temporary_sibling(path, ".json")
-    try:
-        with open(tmp, "x", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        raise
+    with atomic_path(path, ".json") as tmp, open(tmp, "x", encoding="utf-8") as f:
+        f.write(text)
     return path
 
 

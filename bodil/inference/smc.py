@@ -41,7 +41,6 @@ import math
 import os
 import pickle
 import re
-import tempfile
 import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -54,6 +53,7 @@ import xarray as xr
 from scipy.special import logsumexp
 from tqdm.auto import tqdm
 
+from ..io import atomic_path
 from ..prior import Params
 from .executors import BatchExecutor, as_executor
 
@@ -424,18 +424,12 @@ class CheckpointError(OSError):
 
 def _atomic_write(path: str, obj: Any) -> None:
     """Pickle ``obj`` to a temporary file next to ``path``, flush it to disk and move it into place."""
-    folder = os.path.dirname(os.path.abspath(path))
-    tmp = None
     try:
-        with tempfile.NamedTemporaryFile("wb", dir=folder, prefix=".smc-", suffix=".tmp", delete=False) as f:
-            tmp = f.name
+        with atomic_path(path, ".tmp") as tmp, open(tmp, "wb") as f:
             pickle.dump(obj, f, protocol=pickle.HIGHEST_PROTOCOL)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
     except OSError as err:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
         raise CheckpointError(err.errno, f"cannot write the checkpoint {path!r}: {err.strerror or err}. The "
                                          f"previous checkpoint is left as it was; free disk space or choose a "
                                          f"writable folder, then call again with resume=True") from err

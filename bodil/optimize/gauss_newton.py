@@ -148,9 +148,12 @@ class GaussNewton:
             t, f_new, k = jax.lax.while_loop(ls_cond, ls_body, (jnp.ones((), x.dtype), f_full, jnp.zeros((), jnp.int32)))
             accepted = jnp.isfinite(f_new) & (f_new <= loss + armijo * t * slope) & (slope < 0)
             x_new = jnp.where(accepted, x + t * p, x)
-            predicted = -slope - 0.5 * jnp.vdot(p, project(curvature(p)))
-            ratio = jnp.where(jnp.isfinite(f_full), (loss - f_full) / jnp.where(predicted > 0, predicted, jnp.inf),
-                              -jnp.inf)
+            if self.adaptive_damping:  # one more curvature product, only when the ratio is used
+                predicted = -slope - 0.5 * jnp.vdot(p, project(curvature(p)))
+                ratio = jnp.where(jnp.isfinite(f_full),
+                                  (loss - f_full) / jnp.where(predicted > 0, predicted, jnp.inf), -jnp.inf)
+            else:
+                ratio = jnp.full((), jnp.nan, x.dtype)
             return GNStep(x_new, loss, jnp.where(accepted, f_new, loss), jnp.max(jnp.abs(g)), accepted,
                           info.iterations, info.residual_norm <= tol, k + 1, -slope, ratio)
 

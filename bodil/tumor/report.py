@@ -29,13 +29,14 @@ import io
 import itertools
 import math
 import os
-import tempfile
 import textwrap
 
 import numpy as np
 from matplotlib.backends.backend_pdf import PdfPages
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+
+from ..io import atomic_path
 
 A4 = (8.27, 11.69)  # inches, portrait
 MARGINS_PER_PAGE = 3
@@ -526,8 +527,8 @@ def _html(content: ReportContent, written: str, images: list[tuple[str, str]]) -
 def write_report(content: ReportContent, out_dir) -> tuple[str, str]:
     """Write ``report.pdf`` and ``report.html`` into ``out_dir`` (created if missing).
 
-    Both are rendered to temporary files in ``out_dir`` and moved into place with ``os.replace`` only when
-    both are complete; on any error the temporary files are removed and the exception propagates.
+    Both are rendered to temporary files in ``out_dir`` (``bodil.io.atomic_path``) and moved into place only
+    when both are complete; on any error the temporary files are removed and the exception propagates.
 
     Returns:
         ``(pdf_path, html_path)``.
@@ -538,13 +539,7 @@ def write_report(content: ReportContent, out_dir) -> tuple[str, str]:
     pdf_path = os.path.join(out_dir, "report.pdf")
     html_path = os.path.join(out_dir, "report.html")
     written = _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
-    temps = []
-    try:
-        for suffix in (".pdf", ".html"):
-            fd, tmp = tempfile.mkstemp(prefix=".report-", suffix=suffix + ".tmp", dir=out_dir)
-            os.close(fd)
-            temps.append(tmp)
-        tmp_pdf, tmp_html = temps
+    with atomic_path(pdf_path, ".pdf") as tmp_pdf, atomic_path(html_path, ".html") as tmp_html:
         images = []
         metadata = {"Title": f"CTV report, patient {content.patient_id}", "Creator": f"bodil {_bodil_version()}",
                     "Subject": "Posterior clinical target volumes (research use only)"}
@@ -565,12 +560,4 @@ def write_report(content: ReportContent, out_dir) -> tuple[str, str]:
                 pdf.savefig(fig)
         with open(tmp_html, "w", encoding="utf-8") as f:
             f.write(_html(content, written, images))
-        for tmp in temps:
-            os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; a report is meant to be read by others
-        os.replace(tmp_pdf, pdf_path)
-        os.replace(tmp_html, html_path)
-    finally:
-        for tmp in temps:
-            if os.path.exists(tmp):
-                os.remove(tmp)
     return pdf_path, html_path
