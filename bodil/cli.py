@@ -4,6 +4,8 @@
               --labels brats2021 --out DIR [--samples N --grid N --time-points N --seed S]
     bodil synth --out DIR [--resolution 2 --origin X Y Z --dw DW --rho RHO --t-final T]
     bodil demo [--out DIR]
+    bodil dataset --out DIR [--size 64 --spacing 2 --train N --val N --test N --seed S --resume]
+    bodil train-surrogate --data DIR --out FILE [--epochs E --batch B --width C --resume]
 
 ``ctv`` infers the tumour's growth from a segmentation (NIfTI) and tissue maps and writes the posterior
 CTV ensemble and a report; ``synth`` grows a synthetic patient on the MNI152 anatomy; ``demo`` does both
@@ -31,7 +33,8 @@ def _settings(args):
     base = Settings.paper() if args.paper else Settings()
     over = {k: v for k, v in (("grid", args.grid), ("time_points", args.time_points), ("samples", args.samples),
                               ("seed", args.seed), ("t_final", args.t_final),
-                              ("inner_iterations", args.inner_iterations), ("inner", args.inner)) if v is not None}
+                              ("inner_iterations", args.inner_iterations), ("inner", args.inner),
+                              ("initializer", args.init)) if v is not None}
     return dataclasses.replace(base, **over)
 
 
@@ -124,15 +127,47 @@ def demo(args) -> int:
     return 0
 
 
+def dataset(args) -> int:
+    from .forward.dataset import DatasetSettings, generate_dataset
+    from .tumor import mni152, resample_isotropic
+
+    settings = DatasetSettings(size=args.size, spacing_mm=args.spacing, n_train=args.train, n_val=args.val,
+                               n_test=args.test, seed=args.seed, shard_size=args.shard_size)
+    wm, gm, _ = resample_isotropic(mni152(2), args.spacing)
+    manifest = generate_dataset(args.out, wm, gm, settings, resume=args.resume,
+                                anatomy=f"MNI152 2009 (nilearn, 2 mm) resampled to {args.spacing:g} mm")
+    rej = manifest["rejections"]
+    print(f"dataset {args.out}: {args.train}/{args.val}/{args.test} train/val/test samples of {args.size}^3 at "
+          f"{args.spacing:g} mm; {rej.get('kept', 0)} kept of {rej.get('draws', 0)} draws in this and earlier runs; "
+          f"{manifest['wall_s']:.0f} s")
+    return 0
+
+
+def train_surrogate(args) -> int:
+    from .forward.surrogate import TrainSettings, train_surrogate as train
+
+    settings = TrainSettings(epochs=args.epochs, batch_size=args.batch, learning_rate=args.lr, width=args.width,
+                             seed=args.seed, max_train=args.max_train, kind=args.kind)
+    history = train(args.data, args.out, settings, resume=args.resume)
+    last = history[-1]
+    print(f"{args.kind} network {args.out}: {len(history)} epochs, validation MSE {last['val_mse']:.3g}, "
+          f"{sum(h['wall_s'] for h in history):.0f} s")
+    return 0
+
+
 def _size_options(p):
     p.add_argument("--grid", type=int, help="points per axis of the box (default 24; the paper: 64)")
     p.add_argument("--time-points", type=int, help="time nodes (default 12; the paper: 128)")
     p.add_argument("--samples", type=int, help="posterior samples (default 128; the paper: 512)")
     p.add_argument("--seed", type=int, help="sampler seed (default 0)")
     p.add_argument("--t-final", type=float, help="days from onset to imaging (default 100)")
-    p.add_argument("--inner", choices=["forward", "odil"],
+    p.add_argument("--inner", choices=["forward", "odil", "surrogate"],
                    help="log p(origin | data) per BASIS evaluation: 'forward' (PDE solved exactly, explicit FK run; "
-                        "default) or 'odil' (an inner ODIL solve, the finite-lambda mode approximation)")
+                        "default), 'odil' (an inner ODIL solve, the finite-lambda mode approximation) or "
+                        "'surrogate' (the shipped neural surrogate in place of the FK run)")
+    p.add_argument("--init", choices=["forward", "surrogate"],
+                   help="start of the MAP: 'forward' (Nelder-Mead on FK runs; default) or 'surrogate' (L-BFGS "
+                        "through the neural surrogate)")
     p.add_argument("--inner-iterations", type=int, help="Gauss-Newton iterations per inner solve (default 6)")
     p.add_argument("--paper", action="store_true", help="seed 003's sizes (64^3 x 128, 512 samples; GPU)")
 
@@ -172,11 +207,36 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="bodil-demo", help="output folder (default: ./bodil-demo)")
     _size_options(p)
 
+    p = sub.add_parser("dataset", help="Fisher-Kolmogorov training data for the surrogate (MNI152 anatomy)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--size", type=int, default=64, help="crop side in voxels (default 64; seed 000: 128 at 1 mm)")
+    p.add_argument("--spacing", type=float, default=2.0, help="voxel size in mm (default 2)")
+    p.add_argument("--train", type=int, default=1000, help="training samples (default 1000)")
+    p.add_argument("--val", type=int, default=100, help="validation samples (default 100)")
+    p.add_argument("--test", type=int, default=100, help="test samples (default 100)")
+    p.add_argument("--shard-size", type=int, default=50, help="samples per file (default 50)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted dataset in OUT")
+
+    p = sub.add_parser("train-surrogate", help="train the ConvNeXt U-Net surrogate (or the inverse encoder)")
+    p.add_argument("--data", required=True, help="dataset folder (bodil dataset)")
+    p.add_argument("--out", required=True, help="weights file to write (.eqx); a checkpoint goes next to it")
+    p.add_argument("--kind", choices=["forward", "inverse"], default="forward",
+                   help="forward: theta + tissue -> concentration; inverse: concentration + tissue -> theta")
+    p.add_argument("--epochs", type=int, default=20, help="epochs (default 20)")
+    p.add_argument("--batch", type=int, default=8, help="batch size (default 8)")
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3, cosine decay)")
+    p.add_argument("--width", type=int, default=16, help="channels of the first stage (default 16)")
+    p.add_argument("--max-train", type=int, help="use only the first N training samples")
+    p.add_argument("--seed", type=int, default=0, help="initialisation and shuffling seed (default 0)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT's checkpoint")
+
     args = parser.parse_args(argv)
     from .io import InputError
 
     try:
-        return {"ctv": ctv, "synth": synth, "demo": demo}[args.command](args)
+        return {"ctv": ctv, "synth": synth, "demo": demo, "dataset": dataset,
+                "train-surrogate": train_surrogate}[args.command](args)
     except InputError as err:
         print(f"bodil {args.command}: error: {err}", file=sys.stderr)
         return 2

@@ -11,7 +11,7 @@ GliODIL posterior (seed 003 sec. 3.4).
 """
 
 from . import anatomy, ctv, model, pipeline, report, segmentation, synthetic
-from .anatomy import Anatomy, Crop, crop_around, load_tissue, load_tissue_labels, mni152
+from .anatomy import Anatomy, Crop, crop_around, load_tissue, load_tissue_labels, mni152, resample_isotropic
 from .segmentation import (LABEL_CONVENTIONS, LabelConvention, Segmentation, classes_from_labels,
                            label_convention, load_segmentation, validate_segmentation)
 from .synthetic import SyntheticPatient, synthetic_patient, write_synthetic
@@ -51,6 +51,7 @@ __all__ = [
     "load_tissue",
     "load_tissue_labels",
     "mni152",
+    "resample_isotropic",
     "segmentation",
     "synthetic",
     "synthetic_patient",

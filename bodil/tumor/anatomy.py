@@ -420,3 +420,17 @@ def crop_around(mask: np.ndarray, affine, *, scale: float = 1.5, n: int = 32,
         side = max(side, float(min_side_mm))
     start = centre - 0.5 * side / s
     return Crop(n=int(n), input_shape=m.shape, input_affine=a, start=tuple(start), side_mm=side)
+
+
+def resample_isotropic(anatomy: Anatomy, spacing_mm: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The anatomy on a cube of isotropic spacing ``spacing_mm`` that covers it (multilinear, zero outside):
+    ``(wm, gm, affine)`` with the cube's 4x4 voxel-to-world affine. Surrogate datasets are made on it."""
+    if not (math.isfinite(spacing_mm) and spacing_mm > 0):
+        raise InputError(f"resample_isotropic: spacing_mm must be positive, got {spacing_mm!r}.")
+    shape = np.asarray(anatomy.shape)
+    step = np.asarray(anatomy.spacing)
+    n = int(math.ceil(float(np.max(shape * step)) / spacing_mm))
+    start = 0.5 * shape - 0.5 * n * spacing_mm / step
+    crop = Crop(n=n, input_shape=tuple(int(s) for s in shape), input_affine=anatomy.affine, start=tuple(start),
+                side_mm=n * spacing_mm)
+    return crop.to_box(anatomy.wm), crop.to_box(anatomy.gm), crop.affine

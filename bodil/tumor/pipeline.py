@@ -72,7 +72,13 @@ class Settings:
             evaluation (Gauss-Newton with adaptive Levenberg-Marquardt damping): a second or more per
             evaluation at the default size on a laptop CPU against hundredths for a forward run, and rarely
             converged within ``inner_iterations`` (see the ``inner_solves`` counts in the summary), so it is
-            not the default.
+            not the default. ``"surrogate"``: as ``"forward"`` with the neural surrogate
+            (``bodil.forward.surrogate.pretrained()``, placed on the patient by ``bodil.tumor.surrogate``) in
+            place of the FK run: one network call per evaluation.
+        initializer: how the MAP is started. ``"forward"``: Nelder-Mead on explicit FK runs (a few hundred);
+            ``"surrogate"``: L-BFGS-B through the neural surrogate with its exact gradient (seed 000's
+            gradient-based inversion against the segmentation's likelihood). Either way ODIL (joint
+            Gauss-Newton) then polishes the MAP from the FK solution at that start.
         inner_ftol: relative accuracy of each inner solve's log density (``1e-6`` of a loss of a few
             hundred: a few thousandths of a nat).
         inner_iterations: Gauss-Newton iterations of each inner solve. Near the mode the solves converge in
@@ -100,6 +106,7 @@ class Settings:
     gamma: float = 1.5
     lmax: int = 1
     inner: str = "forward"
+    initializer: str = "forward"
     inner_ftol: float = 1e-6
     inner_iterations: int = 6
     inner_cg_iterations: int = 100
@@ -114,6 +121,10 @@ class Settings:
         if self.grid < 8 or self.time_points < 4 or self.samples < 4:
             raise InputError(f"settings: need grid >= 8, time points >= 4 and samples >= 4; got grid "
                              f"{self.grid}, time points {self.time_points}, samples {self.samples}.")
+        if self.inner not in ("forward", "odil", "surrogate"):
+            raise InputError(f"settings: inner must be 'forward', 'odil' or 'surrogate', got {self.inner!r}.")
+        if self.initializer not in ("forward", "surrogate"):
+            raise InputError(f"settings: initializer must be 'forward' or 'surrogate', got {self.initializer!r}.")
         if not set(self.posterior_parameters) <= set(self.map_parameters) | set(ORIGIN):
             raise InputError("settings: posterior parameters must be among the MAP parameters.")
         return self
@@ -160,23 +171,29 @@ def _quantiles(x) -> dict:
 
 class _ForwardLikelihood:
     """``theta -> (log p(D | u_FK(theta)(T), theta), u_FK(theta)(T))``: the mode approximation in the limit
-    ``lambda_PDE -> infinity``, with an explicit Fisher-Kolmogorov run as the field; counts its evaluations."""
+    ``lambda_PDE -> infinity``, with an explicit Fisher-Kolmogorov run as the field (or, given ``field``, the
+    neural surrogate's); counts its evaluations."""
 
-    def __init__(self, model):
+    def __init__(self, model, field=None):
         self.model = model
+        self.field = field
         self.evaluations, self.wall_time = 0, 0.0
 
     def __call__(self, theta):
         start = time.perf_counter()
         full = self.model.posterior.params.merge({k: jnp.asarray(v) for k, v in theta.items()})
-        u_final = self.model.forward(full, dtype=jnp.float64)[-1]
+        if self.field is None:
+            u_final = self.model.forward(full, dtype=jnp.float64)[-1]
+        else:
+            u_final = jnp.asarray(self.field(full), jnp.float64)
         value = sum(float(lik.log_prob(u_final[None], full)) for lik in self.model.posterior.likelihoods)
         self.evaluations += 1
         self.wall_time += time.perf_counter() - start
         return value, np.asarray(u_final, np.float32)
 
     def summary(self) -> dict:
-        return {"method": "forward (lambda_PDE -> infinity)", "evaluations": self.evaluations,
+        method = "forward (lambda_PDE -> infinity)" if self.field is None else "neural surrogate (forward limit)"
+        return {"method": method, "evaluations": self.evaluations,
                 "inner_solves": self.evaluations, "unconverged": 0, "wall_time": self.wall_time}
 
 
@@ -312,9 +329,23 @@ def _run(seg: Segmentation, anatomy: Anatomy, tmp: str, s: Settings, patient_id:
                         infer=s.map_parameters, likelihood=s.likelihood, lambda_pde=s.lambda_pde,
                         lambda_ic=s.lambda_ic, sigma=s.sigma)
 
+    sbox = None
+    if "surrogate" in (s.inner, s.initializer):
+        from ..forward.surrogate import pretrained
+        from .surrogate import surrogate_box
+
+        sbox = surrogate_box(model, pretrained("forward"), anatomy, seg.tumor, crop)
+
     # ---------------------------------------------------------------- MAP
-    _log("MAP: forward Fisher-Kolmogorov fit (Nelder-Mead), then ODIL (joint Gauss-Newton)", progress)
-    theta_fk = fit_forward(model, initial_guess(model))
+    if s.initializer == "surrogate":
+        from .surrogate import fit_surrogate
+
+        _log("MAP: gradient-based fit through the neural surrogate (L-BFGS-B), then ODIL (joint Gauss-Newton)",
+             progress)
+        theta_fk = fit_surrogate(model, sbox, initial_guess(model))
+    else:
+        _log("MAP: forward Fisher-Kolmogorov fit (Nelder-Mead), then ODIL (joint Gauss-Newton)", progress)
+        theta_fk = fit_forward(model, initial_guess(model))
     theta0 = {k: jnp.asarray(v) for k, v in theta_fk.items()}
     fit = map_estimate(model.posterior, model.forward(theta0), theta0, strategy="joint", max_iter=s.map_iterations,
                        ftol=s.inner_ftol, progress=progress)
@@ -322,8 +353,10 @@ def _run(seg: Segmentation, anatomy: Anatomy, tmp: str, s: Settings, patient_id:
     _log(f"MAP: {fit.report.message}; " + ", ".join(f"{k} = {v:.4g}" for k, v in theta_map.items()), progress)
 
     # ---------------------------------------------------------------- posterior
-    each = ("an inner ODIL solve" if s.inner == "odil" else
-            "a forward Fisher-Kolmogorov run (the mode approximation as lambda_PDE -> infinity)")
+    each = {"odil": "an inner ODIL solve",
+            "forward": "a forward Fisher-Kolmogorov run (the mode approximation as lambda_PDE -> infinity)",
+            "surrogate": "a neural-surrogate prediction (the forward limit, the network in place of the FK run)"
+            }[s.inner]
     _log(f"posterior of {', '.join(s.posterior_parameters)}: BASIS, {s.samples} samples, each evaluation {each}",
          progress)
     post_model = model.with_fixed(theta_map, infer=s.posterior_parameters)
@@ -337,7 +370,7 @@ def _run(seg: Segmentation, anatomy: Anatomy, tmp: str, s: Settings, patient_id:
                                  initial=lambda th: post_model.forward(th))
         log_likelihood = mode.log_likelihood
     else:
-        mode = _ForwardLikelihood(post_model)
+        mode = _ForwardLikelihood(post_model, None if s.inner == "forward" else jax.jit(sbox.field))
         log_likelihood = mode
     idata = basis(log_likelihood, post_model.posterior.params, n=s.samples, seed=s.seed, beta=s.beta,
                   gamma=s.gamma, lmax=s.lmax, checkpoint=checkpoint, resume=resume, progress=progress)
@@ -433,6 +466,14 @@ def _run(seg: Segmentation, anatomy: Anatomy, tmp: str, s: Settings, patient_id:
     if final < 1.0:
         notes.append(f"{100 * (1 - final):.0f}% of the final samples come from inner solves that stopped at the "
                      f"iteration cap ({s.inner_iterations}); raise Settings.inner_iterations.")
+    if sbox is not None:
+        in_range = sbox.in_range(theta_map)
+        summary["surrogate"] = {"crop_side_mm": sbox.crop.side_mm, "spacing_mm": sbox.surrogate.spacing_mm,
+                                "theta_map": [float(v) for v in sbox.surrogate_theta(theta_map)],
+                                "in_training_range": in_range, "weights": sbox.surrogate.info.get("dataset", {})}
+        if not in_range:
+            notes.append("The MAP lies outside the neural surrogate's training ranges; its predictions there are "
+                         "extrapolations. Prefer inner='forward'.")
     summary["notes"] = notes
     run = {"grid": f"{s.grid}^3 x {s.time_points} (box side {crop.side_mm:.1f} mm, {crop.spacing_mm:.2f} mm)",
            "samples": s.samples, "seed": s.seed, "labels": seg.convention.name, "T (days)": s.t_final,

@@ -1,0 +1,382 @@
+"""Training data for tumour-growth surrogates: Fisher-Kolmogorov runs cropped around the tumour (seed 000 sec. 2.4).
+
+Each sample is one run of ``bodil.forward.solve_fk`` in a tissue volume (usually the MNI152 atlas, resampled
+to the dataset's isotropic spacing ``h``) with the reduced parameters of seed 000 sec. 2.1,
+
+    theta = (x, y, z, mu_D, mu_rho),   mu_D = sqrt(Dw T) (mm),   mu_rho = sqrt(rho T),   Dg = Dw / 10,
+
+where ``(x, y, z)`` is the initial tumour centre relative to the crop centre (mm, along the volume's axes).
+The FK solution at ``T`` depends on ``Dw``, ``rho`` and ``T`` only through ``mu_D`` and ``mu_rho`` (rescale
+time by ``T``), so every run uses ``T = 1`` day, ``Dw = mu_D^2`` and ``rho = mu_rho^2``. The initial
+condition is GliODIL's clipped Gaussian (seed 003 eq. 27-28), zero outside tissue.
+
+Drawing a sample (``numpy.random.Generator`` streams fixed by the seed, one per shard):
+
+1. the origin uniformly among the voxels with white-matter fraction at least ``origin_min_wm``, jittered
+   uniformly within the voxel; ``mu_D`` and ``mu_rho`` uniformly over their ranges;
+2. the run is skipped if the Fisher front ``2 mu_D mu_rho`` (mm) exceeds half the crop side (it could not
+   fit); otherwise FK is solved in a cube of ``solve_factor * size`` voxels centred on the origin;
+3. the run is kept if its visible volume ``|u >= visible_threshold|`` lies within ``volume_cm3`` and, after
+   cropping ``size^3`` voxels centred on the concentration's centre of mass, ``u < edge_tolerance`` on the
+   crop's faces (the tumour lies inside the crop).
+
+How many draws each rule refused is counted in the manifest. The kept parameters are therefore uniform over
+the region of the ranges that gives tumours of the accepted sizes (seed 000 matched BraTS tumour sizes).
+
+Files: ``manifest.json`` (settings, seed, solver settings, anatomy, parameter names, units and ranges, the
+shards with their SHA-256, counts and wall time) and compressed shards ``{split}-{index:05d}.npz`` with
+``theta (k, 5)``, ``tissue (k, 2, n, n, n)`` (white and grey matter, float16), ``u (k, n, n, n)`` (float16,
+absolute error below 5e-4), ``origin_voxel`` and ``crop_start`` (voxel coordinates in the volume). Shards
+are written atomically and the manifest after each, so an interrupted run resumes where it stopped and gives
+the same data as an uninterrupted one. Splits (train / validation / test) have their own streams: they are
+fixed by the seed and do not depend on each other's sizes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import time
+from collections.abc import Sequence
+
+import numpy as np
+
+from ..io import InputError, atomic_path, write_json
+from .fk import fk_initial_condition, solve_fk
+
+THETA_NAMES = ("x", "y", "z", "mu_d", "mu_rho")
+"""Names of the surrogate parameters, in order."""
+
+THETA_UNITS = ("mm", "mm", "mm", "mm", "1")
+"""Their units: origin offsets from the crop centre and ``mu_D = sqrt(Dw T)`` in mm; ``mu_rho`` has none."""
+
+SPLITS = ("train", "val", "test")
+_FORMAT = "bodil-fk-dataset/1"
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSettings:
+    """What a dataset is made of (all of it is written to the manifest).
+
+    Attributes:
+        size: crop side in voxels (seed 000: 128 at 1 mm; default 64 at 2 mm, the same 128 mm).
+        spacing_mm: isotropic voxel size of the volume and the crops.
+        mu_d: range of ``mu_D = sqrt(Dw T)`` in mm (DESIGN.md: up to about 32 mm).
+        mu_rho: range of ``mu_rho = sqrt(rho T)`` (DESIGN.md: up to about 10).
+        dg_ratio: ``Dg / Dw`` (seed 000: 0.1).
+        visible_threshold: concentration that counts as visible tumour (FLAIR edema, 0.25).
+        volume_cm3: accepted range of the visible volume.
+        edge_tolerance: largest concentration allowed on the crop faces.
+        origin_min_wm: origins are drawn among voxels with at least this white-matter fraction.
+        solve_factor: side of the cube FK is solved in, in crops (it must hold the crop around the centre
+            of mass, which drifts from the origin towards white matter).
+        n_train, n_val, n_test: samples per split.
+        shard_size: samples per file.
+        seed: the root of all random streams.
+        tissue_threshold, safety, max_rho_dt: ``solve_fk`` settings.
+        mass, dt2, cutoff: the initial condition (seed 003 eq. 28).
+    """
+
+    size: int = 64
+    spacing_mm: float = 2.0
+    mu_d: tuple[float, float] = (2.0, 32.0)
+    mu_rho: tuple[float, float] = (1.0, 10.0)
+    dg_ratio: float = 0.1
+    visible_threshold: float = 0.25
+    volume_cm3: tuple[float, float] = (1.0, 250.0)
+    edge_tolerance: float = 1e-2
+    origin_min_wm: float = 0.5
+    solve_factor: float = 1.5
+    n_train: int = 1000
+    n_val: int = 100
+    n_test: int = 100
+    shard_size: int = 50
+    seed: int = 0
+    tissue_threshold: float = 0.1
+    safety: float = 0.9
+    max_rho_dt: float = 0.05
+    mass: float = 1500.0
+    dt2: float = 15.0
+    cutoff: float = 0.1
+
+    def __post_init__(self):
+        for name in ("mu_d", "mu_rho", "volume_cm3"):
+            lo, hi = (float(v) for v in getattr(self, name))
+            if not (0 <= lo < hi and math.isfinite(hi)):
+                raise ValueError(f"DatasetSettings: {name} must be a range (lo, hi) with 0 <= lo < hi, got "
+                                 f"{getattr(self, name)!r}.")
+            object.__setattr__(self, name, (lo, hi))
+        if self.size < 8 or self.spacing_mm <= 0 or self.shard_size < 1 or self.solve_factor < 1:
+            raise ValueError(f"DatasetSettings: need size >= 8, spacing_mm > 0, shard_size >= 1 and "
+                             f"solve_factor >= 1, got {self.size}, {self.spacing_mm}, {self.shard_size}, "
+                             f"{self.solve_factor}.")
+        if min(self.n_train, self.n_val, self.n_test) < 0:
+            raise ValueError("DatasetSettings: split sizes must be non-negative.")
+
+    @property
+    def side_mm(self) -> float:
+        return self.size * self.spacing_mm
+
+    def split_size(self, split: str) -> int:
+        return {"train": self.n_train, "val": self.n_val, "test": self.n_test}[split]
+
+    def theta_ranges(self) -> dict:
+        """Parameter ranges: offsets within half a crop side, ``mu_D`` and ``mu_rho`` as drawn."""
+        half = 0.5 * self.side_mm
+        return {"x": (-half, half), "y": (-half, half), "z": (-half, half), "mu_d": self.mu_d,
+                "mu_rho": self.mu_rho}
+
+
+def _shard_names(settings: DatasetSettings) -> list[tuple[str, int, int]]:
+    """``(split, shard index, samples)`` for every shard of the dataset."""
+    out = []
+    for split in SPLITS:
+        n = settings.split_size(split)
+        for i in range(math.ceil(n / settings.shard_size)):
+            out.append((split, i, min(settings.shard_size, n - i * settings.shard_size)))
+    return out
+
+
+def _rng(settings: DatasetSettings, split: str, shard: int) -> np.random.Generator:
+    return np.random.default_rng([settings.seed, SPLITS.index(split), shard])
+
+
+def _window(volume: np.ndarray, centre: np.ndarray, n: int) -> np.ndarray:
+    """``n^3`` voxels of ``volume`` starting at ``centre - n // 2`` (zero beyond the volume)."""
+    start = np.asarray(centre, int) - n // 2
+    out = np.zeros((n,) * 3, dtype=volume.dtype)
+    src = tuple(slice(max(0, s), min(d, s + n)) for s, d in zip(start, volume.shape))
+    dst = tuple(slice(sl.start - s, sl.stop - s) for sl, s in zip(src, start))
+    if all(sl.stop > sl.start for sl in src):
+        out[dst] = volume[src]
+    return out
+
+
+def _faces_max(u: np.ndarray) -> float:
+    return float(max(np.abs(u[i]).max() for i in (0, -1)) if u.ndim == 1 else max(
+        float(np.take(u, j, axis=k).max()) for k in range(u.ndim) for j in (0, -1)))
+
+
+def draw_sample(wm: np.ndarray, gm: np.ndarray, settings: DatasetSettings, rng: np.random.Generator,
+                candidates: np.ndarray, stats: dict) -> dict:
+    """Draw and solve until one run is kept (module docstring, steps 1-3); ``stats`` counts the refusals."""
+    n, h = settings.size, settings.spacing_mm
+    ns = int(math.ceil(settings.solve_factor * n))
+    half_mm = 0.5 * settings.side_mm
+    while True:
+        stats["draws"] = stats.get("draws", 0) + 1
+        origin = candidates[rng.integers(len(candidates))] + rng.uniform(-0.5, 0.5, 3)
+        mu_d = rng.uniform(*settings.mu_d)
+        mu_rho = rng.uniform(*settings.mu_rho)
+        if 2.0 * mu_d * mu_rho > half_mm:
+            stats["front_too_far"] = stats.get("front_too_far", 0) + 1
+            continue
+        centre = np.floor(origin).astype(int)
+        wm_s, gm_s = _window(wm, centre, ns), _window(gm, centre, ns)
+        start = centre - ns // 2
+        origin_mm = (origin - start + 0.5) * h  # the solve cube's frame: voxel i at (i + 1/2) h
+        tissue = (wm_s + gm_s) >= settings.tissue_threshold
+        u0 = np.asarray(fk_initial_condition((ns,) * 3, h, origin_mm, mass=settings.mass, dt2=settings.dt2,
+                                             cutoff=settings.cutoff, dtype=np.float32)) * tissue
+        dw = mu_d ** 2
+        u = np.asarray(solve_fk(u0, wm_s, gm_s, h, dw=dw, dg=settings.dg_ratio * dw, rho=mu_rho ** 2,
+                                t_final=1.0, tissue_threshold=settings.tissue_threshold, safety=settings.safety,
+                                max_rho_dt=settings.max_rho_dt)[-1], dtype=np.float64)
+        volume = float((u >= settings.visible_threshold).sum()) * h ** 3 / 1000.0
+        if not settings.volume_cm3[0] <= volume <= settings.volume_cm3[1]:
+            stats["volume_out_of_range"] = stats.get("volume_out_of_range", 0) + 1
+            continue
+        idx = np.indices(u.shape).reshape(3, -1)
+        com = (idx * u.reshape(-1)).sum(axis=1) / u.sum()
+        lo = np.round(com - n / 2 + 0.5).astype(int)  # crop voxels lo .. lo + n - 1, centre lo + n/2 - 1/2
+        if np.any(lo < 0) or np.any(lo + n > ns):
+            stats["crop_outside_solve_cube"] = stats.get("crop_outside_solve_cube", 0) + 1
+            continue
+        sl = tuple(slice(a, a + n) for a in lo)
+        uc = u[sl]
+        if _faces_max(uc) >= settings.edge_tolerance or _faces_max(u) >= settings.edge_tolerance:
+            stats["tumour_leaves_crop"] = stats.get("tumour_leaves_crop", 0) + 1
+            continue
+        crop_start = start + lo  # volume voxel index of crop voxel 0
+        offset = (origin - (crop_start + n / 2 - 0.5)) * h
+        stats["kept"] = stats.get("kept", 0) + 1
+        return {"theta": np.array([*offset, mu_d, mu_rho]), "tissue": np.stack([wm_s[sl], gm_s[sl]]),
+                "u": uc, "origin_voxel": origin, "crop_start": crop_start, "visible_cm3": volume}
+
+
+def _sha256(path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _settings_dict(settings: DatasetSettings) -> dict:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(settings).items()}
+
+
+def _check_volume(wm, gm, spacing_mm) -> tuple[np.ndarray, np.ndarray]:
+    wm = np.asarray(wm, dtype=np.float32)
+    gm = np.asarray(gm, dtype=np.float32)
+    if wm.ndim != 3 or wm.shape != gm.shape:
+        raise InputError(f"generate_dataset: wm and gm must be 3-D arrays of one shape, got {wm.shape} and "
+                         f"{gm.shape}.")
+    if not (np.all(np.isfinite(wm)) and np.all(np.isfinite(gm))):
+        raise InputError("generate_dataset: the tissue maps contain NaN or infinite values.")
+    if wm.min() < 0 or gm.min() < 0 or (wm + gm).max() > 1 + 1e-3:
+        raise InputError("generate_dataset: tissue fractions must lie in [0, 1] and wm + gm <= 1.")
+    return wm, gm
+
+
+def generate_dataset(out, wm, gm, settings: DatasetSettings = DatasetSettings(), *, anatomy: str = "",
+                     resume: bool = False, progress: bool = True) -> dict:
+    """Write a surrogate training dataset into the folder ``out`` (see the module docstring).
+
+    Args:
+        out: output folder (created).
+        wm, gm: white- and grey-matter fractions on an isotropic grid of spacing ``settings.spacing_mm``
+            (``bodil.tumor.resample_isotropic`` puts the MNI152 atlas on one; ``bodil dataset`` does this).
+        settings: what to generate.
+        anatomy: a description of the tissue maps, stored in the manifest.
+        resume: continue a dataset in ``out`` (its manifest must hold the same settings and anatomy);
+            without it an existing manifest is an error.
+        progress: show a progress bar (samples).
+
+    Returns:
+        The manifest (also written to ``out/manifest.json``).
+    """
+    from tqdm.auto import tqdm
+
+    wm, gm = _check_volume(wm, gm, settings.spacing_mm)
+    candidates = np.argwhere(wm >= settings.origin_min_wm).astype(float)
+    if len(candidates) == 0:
+        raise InputError(f"generate_dataset: no voxel has white-matter fraction >= {settings.origin_min_wm}; "
+                         f"lower origin_min_wm or check the tissue maps.")
+    os.makedirs(out, exist_ok=True)
+    path = os.path.join(out, "manifest.json")
+    tissue_sha = hashlib.sha256(wm.tobytes() + gm.tobytes()).hexdigest()
+    header = {"format": _FORMAT, "settings": _settings_dict(settings), "anatomy": anatomy,
+              "tissue_sha256": tissue_sha, "volume_shape": list(wm.shape), "theta_names": list(THETA_NAMES),
+              "theta_units": list(THETA_UNITS),
+              "theta_ranges": {k: list(v) for k, v in settings.theta_ranges().items()}}
+    manifest = dict(header, shards={}, rejections={}, wall_s=0.0, complete=False)
+    if os.path.exists(path):
+        if not resume:
+            raise InputError(f"generate_dataset: {out} already holds a dataset; pass resume=True (bodil dataset "
+                             f"--resume) to continue it, or choose another folder.")
+        with open(path, encoding="utf-8") as f:
+            old = json.load(f)
+        for key in header:
+            if old.get(key) != header[key]:
+                raise InputError(f"generate_dataset: the dataset in {out} was made with a different {key!r}; "
+                                 f"resume it with the same settings and anatomy, or choose another folder.")
+        manifest = old
+    todo = []
+    for split, index, count in _shard_names(settings):
+        name = f"{split}-{index:05d}.npz"
+        entry = manifest["shards"].get(name)
+        file = os.path.join(out, name)
+        if entry and os.path.exists(file) and _sha256(file) == entry["sha256"]:
+            continue
+        todo.append((split, index, count, name))
+    total = sum(count for _, _, count, _ in todo)
+    with tqdm(total=total, desc="FK dataset", unit="sample", disable=not progress) as bar:
+        for split, index, count, name in todo:
+            t0 = time.perf_counter()
+            rng = _rng(settings, split, index)
+            stats: dict = {}
+            samples = []
+            for _ in range(count):
+                samples.append(draw_sample(wm, gm, settings, rng, candidates, stats))
+                bar.update(1)
+            arrays = {
+                "theta": np.stack([s["theta"] for s in samples]),
+                "tissue": np.stack([s["tissue"] for s in samples]).astype(np.float16),
+                "u": np.stack([s["u"] for s in samples]).astype(np.float16),
+                "origin_voxel": np.stack([s["origin_voxel"] for s in samples]),
+                "crop_start": np.stack([s["crop_start"] for s in samples]),
+                "visible_cm3": np.array([s["visible_cm3"] for s in samples]),
+            }
+            file = os.path.join(out, name)
+            with atomic_path(file, ".npz") as tmp:
+                with open(tmp, "wb") as f:
+                    np.savez_compressed(f, **arrays)
+            manifest["shards"][name] = {"split": split, "index": index, "samples": count, "sha256": _sha256(file),
+                                        "draws": stats}
+            for k, v in stats.items():
+                manifest["rejections"][k] = manifest["rejections"].get(k, 0) + v
+            manifest["wall_s"] = float(manifest["wall_s"]) + time.perf_counter() - t0
+            write_json(path, manifest)
+    manifest["complete"] = True
+    write_json(path, manifest)
+    return manifest
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Split:
+    """One split of a dataset in memory: ``theta (N, 5)``, ``tissue (N, 2, n, n, n)``, ``u (N, n, n, n)``
+    (tissue and ``u`` float16 as stored; cast per batch)."""
+
+    theta: np.ndarray
+    tissue: np.ndarray
+    u: np.ndarray
+    manifest: dict
+
+    def __len__(self) -> int:
+        return len(self.theta)
+
+
+def load_manifest(path) -> dict:
+    """The manifest of the dataset in folder ``path`` (checked to be a complete bodil dataset)."""
+    file = os.path.join(os.fspath(path), "manifest.json")
+    if not os.path.exists(file):
+        raise InputError(f"{path} has no manifest.json; make a dataset with `bodil dataset` first.")
+    with open(file, encoding="utf-8") as f:
+        manifest = json.load(f)
+    if manifest.get("format") != _FORMAT:
+        raise InputError(f"{file} is not a bodil FK dataset (format {manifest.get('format')!r}).")
+    if not manifest.get("complete"):
+        raise InputError(f"the dataset in {path} is incomplete; finish it with `bodil dataset --resume`.")
+    return manifest
+
+
+def load_split(path, split: str, *, limit: int | None = None) -> Split:
+    """Load ``split`` (``"train"``, ``"val"`` or ``"test"``) of the dataset in folder ``path``; checks every
+    shard's SHA-256 against the manifest. ``limit`` keeps the first samples only."""
+    if split not in SPLITS:
+        raise ValueError(f"load_split: split must be one of {SPLITS}, got {split!r}.")
+    manifest = load_manifest(path)
+    names = sorted((e["index"], name) for name, e in manifest["shards"].items() if e["split"] == split)
+    parts: dict[str, list] = {"theta": [], "tissue": [], "u": []}
+    count = 0
+    for _, name in names:
+        if limit is not None and count >= limit:
+            break
+        file = os.path.join(os.fspath(path), name)
+        if not os.path.exists(file) or _sha256(file) != manifest["shards"][name]["sha256"]:
+            raise InputError(f"{file} is missing or does not match the manifest; regenerate it with `bodil "
+                             f"dataset --resume`.")
+        with np.load(file) as data:
+            for k in parts:
+                parts[k].append(data[k])
+        count += len(parts["theta"][-1])
+    if not parts["theta"]:
+        raise InputError(f"the dataset in {path} has no {split!r} samples.")
+    arrays = {k: np.concatenate(v)[:limit] for k, v in parts.items()}
+    return Split(theta=arrays["theta"], tissue=arrays["tissue"], u=arrays["u"], manifest=manifest)
+
+
+def split_sizes(manifest: dict) -> dict:
+    """Samples per split in a manifest."""
+    out = {s: 0 for s in SPLITS}
+    for e in manifest["shards"].values():
+        out[e["split"]] += e["samples"]
+    return out
+
+
+__all__: Sequence[str] = ["DatasetSettings", "Split", "THETA_NAMES", "THETA_UNITS", "draw_sample",
+                          "generate_dataset", "load_manifest", "load_split", "split_sizes"]

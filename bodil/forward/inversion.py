@@ -1,0 +1,174 @@
+"""Tumour-growth inversion on a crop: from an observed concentration to ``theta`` (seed 000 sec. 2.3).
+
+Every method minimises the mean squared misfit ``L(theta) = mean((f(theta) - u_obs)^2)`` over the crop, with
+``theta = (x, y, z, mu_D, mu_rho)`` inside the surrogate's training box, and ends with one run of the
+Fisher-Kolmogorov solver at the ``theta`` it found (seed 000's final high-precision run):
+
+* ``gradient``: L-BFGS-B (scipy) through the frozen surrogate, with exact gradients from JAX (GB);
+* ``direct``: the inverse encoder's prediction, one network call;
+* ``hybrid``: ``direct`` initialises ``gradient``; the lower surrogate loss of the two is kept;
+* ``cmaes``: CMA-ES (the ``cma`` package) on the surrogate (population evaluated as one batch) or on the FK
+  solver itself (the classical baseline).
+
+Optimisers work in the normalised coordinates ``z in [-1, 1]^5`` of the surrogate (``Surrogate.normalise``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .fk import fk_initial_condition, solve_fk
+from .surrogate import Surrogate
+
+
+@dataclasses.dataclass(frozen=True)
+class FKSettings:
+    """The solver behind the surrogate's training data (``bodil.forward.dataset.DatasetSettings``)."""
+
+    dg_ratio: float = 0.1
+    tissue_threshold: float = 0.1
+    safety: float = 0.9
+    max_rho_dt: float = 0.05
+    mass: float = 1500.0
+    dt2: float = 15.0
+    cutoff: float = 0.1
+
+    @classmethod
+    def from_manifest(cls, manifest: dict) -> "FKSettings":
+        s = manifest["settings"]
+        return cls(**{f.name: s[f.name] for f in dataclasses.fields(cls)})
+
+
+def fk_on_crop(theta, tissue, spacing_mm: float, settings: FKSettings = FKSettings()) -> np.ndarray:
+    """One FK run on the crop: origin at the crop centre plus ``theta[:3]`` (mm), ``Dw = mu_D^2``,
+    ``Dg = dg_ratio Dw``, ``rho = mu_rho^2``, ``T = 1`` (``bodil.forward.dataset``); no-flux crop faces."""
+    theta = np.asarray(theta, float)
+    wm, gm = (np.asarray(t, np.float32) for t in tissue)
+    n = wm.shape[0]
+    origin = theta[:3] + 0.5 * n * spacing_mm
+    u0 = np.asarray(fk_initial_condition(wm.shape, spacing_mm, origin, mass=settings.mass, dt2=settings.dt2,
+                                         cutoff=settings.cutoff, dtype=np.float32))
+    u0 = u0 * ((wm + gm) >= settings.tissue_threshold)
+    dw = float(theta[3]) ** 2
+    u = solve_fk(u0, wm, gm, spacing_mm, dw=dw, dg=settings.dg_ratio * dw, rho=float(theta[4]) ** 2,
+                 t_final=1.0, tissue_threshold=settings.tissue_threshold, safety=settings.safety,
+                 max_rho_dt=settings.max_rho_dt)
+    return np.asarray(u[-1], np.float64)
+
+
+@dataclasses.dataclass
+class InversionResult:
+    """What an inversion found: ``theta`` (physical units), ``loss`` (the misfit it minimised), the final FK
+    run ``u_final`` at ``theta``, the number of forward ``evaluations`` and the ``wall_s`` including the final
+    run."""
+
+    method: str
+    theta: np.ndarray
+    loss: float
+    u_final: np.ndarray | None
+    evaluations: int
+    wall_s: float
+
+
+def _surrogate_functions(model: Surrogate, tissue, u_obs):
+    tissue = jnp.asarray(tissue, jnp.float32)
+    u_obs = jnp.asarray(u_obs, jnp.float32)
+
+    def loss_z(z):
+        u = model.apply(z.astype(jnp.float32), tissue)
+        return jnp.mean((u - u_obs) ** 2)
+
+    value_and_grad = jax.jit(jax.value_and_grad(loss_z))
+    batch = jax.jit(jax.vmap(loss_z))
+    return value_and_grad, batch
+
+
+def _finish(method, model, z, loss, evaluations, t0, tissue, fk, final_run):
+    theta = np.asarray(model.denormalise(np.clip(z, -1.0, 1.0)), float)
+    u = fk_on_crop(theta, tissue, model.spacing_mm, fk) if final_run else None
+    return InversionResult(method, theta, float(loss), u, int(evaluations), time.perf_counter() - t0)
+
+
+def invert_gradient(model: Surrogate, tissue, u_obs, theta0=None, *, maxiter: int = 100,
+                    fk: FKSettings = FKSettings(), final_run: bool = True, method: str = "gradient"
+                    ) -> InversionResult:
+    """GB inversion: L-BFGS-B on ``z in [-1, 1]^5`` with the surrogate's exact gradient. ``theta0``
+    defaults to the box centre (origin at the crop centre, mid-range ``mu_D``, ``mu_rho``)."""
+    from scipy.optimize import minimize
+
+    t0 = time.perf_counter()
+    value_and_grad, _ = _surrogate_functions(model, tissue, u_obs)
+    z0 = np.zeros(5) if theta0 is None else np.clip(np.asarray(model.normalise(theta0), float), -1, 1)
+
+    def fun(z):
+        v, g = value_and_grad(jnp.asarray(z, jnp.float32))
+        return float(v), np.asarray(g, np.float64)
+
+    res = minimize(fun, z0, jac=True, method="L-BFGS-B", bounds=[(-1.0, 1.0)] * 5,
+                   options={"maxiter": maxiter, "ftol": 1e-12, "gtol": 1e-10})
+    return _finish(method, model, res.x, res.fun, res.nfev, t0, tissue, fk, final_run)
+
+
+def invert_direct(encoder: Surrogate, tissue, u_obs, *, model: Surrogate | None = None,
+                  fk: FKSettings = FKSettings(), final_run: bool = True) -> InversionResult:
+    """Direct inverse prediction by the encoder, clipped to the box. ``loss`` is the surrogate misfit when a
+    forward ``model`` is given (else NaN)."""
+    t0 = time.perf_counter()
+    theta = np.asarray(encoder.invert(u_obs, tissue), float)
+    ref = model or encoder
+    z = np.clip(np.asarray(ref.normalise(theta), float), -1, 1)
+    loss = math.nan
+    if model is not None:
+        value_and_grad, _ = _surrogate_functions(model, tissue, u_obs)
+        loss = float(value_and_grad(jnp.asarray(z, jnp.float32))[0])
+    return _finish("direct", ref, z, loss, 1, t0, tissue, fk, final_run)
+
+
+def invert_hybrid(model: Surrogate, encoder: Surrogate, tissue, u_obs, *, maxiter: int = 100,
+                  fk: FKSettings = FKSettings(), final_run: bool = True) -> InversionResult:
+    """Seed 000's hybrid: direct prediction, then GB from it; keeps the lower surrogate loss of the two."""
+    t0 = time.perf_counter()
+    direct = invert_direct(encoder, tissue, u_obs, model=model, fk=fk, final_run=False)
+    refined = invert_gradient(model, tissue, u_obs, direct.theta, maxiter=maxiter, fk=fk, final_run=False)
+    best = refined if refined.loss <= direct.loss else direct
+    z = np.asarray(model.normalise(best.theta), float)
+    return _finish("hybrid", model, z, best.loss, refined.evaluations + 1, t0, tissue, fk, final_run)
+
+
+def invert_cmaes(model: Surrogate, tissue, u_obs, *, classical: bool = False, sigma0: float = 0.3,
+                 max_evaluations: int = 2000, seed: int = 0, fk: FKSettings = FKSettings(),
+                 final_run: bool = True) -> InversionResult:
+    """CMA-ES on ``z in [-1, 1]^5`` from the box centre: on the surrogate (each population one batched call)
+    or, with ``classical=True``, on the FK solver (one run per candidate; the surrogate only supplies the
+    box). Stops after ``max_evaluations`` forward evaluations or cma's own criteria."""
+    import cma
+
+    t0 = time.perf_counter()
+    _, batch = _surrogate_functions(model, tissue, u_obs)
+    u_obs64 = np.asarray(u_obs, np.float64)
+
+    def losses(zs):
+        zs = np.clip(np.asarray(zs, float), -1, 1)
+        if not classical:
+            return [float(v) for v in np.asarray(batch(jnp.asarray(zs, jnp.float32)))]
+        return [float(np.mean((fk_on_crop(model.denormalise(z), tissue, model.spacing_mm, fk) - u_obs64) ** 2))
+                for z in zs]
+
+    es = cma.CMAEvolutionStrategy(np.zeros(5), sigma0, {"bounds": [-1.0, 1.0], "maxfevals": max_evaluations,
+                                                        "seed": seed + 1, "verbose": -9})
+    while not es.stop():
+        zs = es.ask()
+        es.tell(zs, losses(zs))
+    z, loss = es.result.xbest, es.result.fbest
+    return _finish("cmaes_classical" if classical else "cmaes_surrogate", model, z, loss,
+                   es.result.evaluations, t0, tissue, fk, final_run)
+
+
+__all__ = ["FKSettings", "InversionResult", "fk_on_crop", "invert_cmaes", "invert_direct", "invert_gradient",
+           "invert_hybrid"]

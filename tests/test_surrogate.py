@@ -1,0 +1,280 @@
+"""The neural surrogate: layers, networks, weights files, shipped weights, metrics, dataset and inversion."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from bodil.forward import metrics
+from bodil.forward import surrogate as S
+from bodil.forward.dataset import DatasetSettings, generate_dataset, load_manifest, load_split
+from bodil.forward.inversion import fk_on_crop, invert_cmaes, invert_gradient
+from bodil.io import InputError
+
+NCC_ON_BOX = 0.7
+"""Shipped surrogate vs FK on the demo patient's box at the true parameters: measured 0.785 (the test split's
+mean NCC is 0.84); a misplaced crop or a flipped axis gives far less."""
+
+REFERENCE = os.path.join(os.path.dirname(__file__), "data", "surrogate_reference.npz")
+
+
+def test_depthwise_fft_convolution_equals_grouped_lax_convolution():
+    x = jax.random.normal(jax.random.PRNGKey(0), (3, 9, 10, 11))
+    k = jax.random.normal(jax.random.PRNGKey(1), (3, 7, 7, 7))
+    ref = jax.lax.conv_general_dilated(x[None], k[:, None], (1, 1, 1), "SAME", feature_group_count=3)[0]
+    np.testing.assert_allclose(S.depthwise_conv3d(x, k), ref, atol=2e-4 * float(jnp.abs(ref).max()))
+
+
+def _tiny(kind="forward", size=16):
+    arch = S.Architecture(kind=kind, width=4, depths=(1, 1), size=size)  # two stages: quick to compile
+    return S.Surrogate(network=S.build(arch, jax.random.PRNGKey(3)), architecture=arch,
+                       theta_lower=np.array([-8.0, -8.0, -8.0, 2.0, 1.0]),
+                       theta_upper=np.array([8.0, 8.0, 8.0, 32.0, 10.0]), spacing_mm=8.0, info={"test": True})
+
+
+def _tissue(batch=(), size=16, seed=0):
+    rng = np.random.default_rng(seed)
+    wm = rng.uniform(0, 0.6, batch + (size,) * 3)
+    gm = rng.uniform(0, 0.4, batch + (size,) * 3)
+    wm[..., :2, :, :] = 0.0  # a slab without tissue
+    gm[..., :2, :, :] = 0.0
+    return np.stack([wm, gm], axis=-4).astype(np.float32)
+
+
+def test_forward_and_inverse_networks_have_the_right_shapes_and_ranges():
+    model, enc = _tiny(), _tiny("inverse")
+    tissue = _tissue((3,))
+    theta = np.array([[0.0, 1.0, -2.0, 10.0, 3.0]] * 3)
+    u = np.asarray(model.predict(theta, tissue))
+    assert u.shape == (3, 16, 16, 16)
+    assert np.all((u >= 0) & (u <= 1))
+    assert np.all(u[:, :2] == 0.0)  # no tumour outside tissue
+    assert np.asarray(model.predict(theta[0], tissue[0])).shape == (16, 16, 16)
+    assert np.asarray(enc.invert(u, tissue)).shape == (3, 5)
+    with pytest.raises(ValueError, match=r"\(\.\.\., 2, 16, 16, 16\)"):
+        model.predict(theta, tissue[:, :, :8])
+    with pytest.raises(ValueError, match="inverse encoder"):
+        enc.predict(theta, tissue)
+
+
+def test_gradients_reach_theta_and_match_finite_differences():
+    model = _tiny()
+    tissue = _tissue()
+    theta = jnp.array([1.0, -2.0, 0.5, 12.0, 4.0])
+    direction = jnp.array([0.3, -0.2, 0.1, 2.0, 0.5])
+
+    def f(t):
+        return jnp.sum(model.predict(t, tissue) ** 2)
+
+    grad = jax.grad(f)(theta)
+    assert np.all(np.isfinite(grad)) and np.count_nonzero(np.asarray(grad)) == 5
+    eps = 1e-2
+    fd = (f(theta + eps * direction) - f(theta - eps * direction)) / (2 * eps)
+    np.testing.assert_allclose(float(grad @ direction), float(fd), rtol=2e-2)
+
+
+def test_weights_file_round_trip(tmp_path):
+    model = _tiny()
+    path = model.save(tmp_path / "w.eqx")
+    back = S.load(path)
+    assert back.architecture == model.architecture and back.info == {"test": True}
+    np.testing.assert_array_equal(back.theta_lower, model.theta_lower)
+    tissue, theta = _tissue(), np.array([0.0, 0.0, 0.0, 8.0, 2.0])
+    np.testing.assert_array_equal(back.predict(theta, tissue), model.predict(theta, tissue))
+    (tmp_path / "bad.eqx").write_bytes(b"\x00\x01 not a header\n")
+    with pytest.raises(InputError, match="not a bodil surrogate"):
+        S.load(tmp_path / "bad.eqx")
+    with pytest.raises(InputError, match="not found"):
+        S.load(tmp_path / "missing.eqx")
+
+
+def test_shipped_weights_load_offline_and_reproduce_the_stored_prediction():
+    model = S.pretrained("forward")
+    ref = np.load(REFERENCE)
+    pred = np.asarray(model.predict(ref["theta"], ref["tissue"].astype(np.float32)))
+    np.testing.assert_allclose(pred, ref["prediction"], atol=1e-4)
+    info = model.info
+    assert info["dataset"]["n_train"] > 0 and info["wall_s"] > 0 and info["history"]
+    enc = S.pretrained("inverse")
+    assert np.asarray(enc.invert(ref["prediction"], ref["tissue"].astype(np.float32))).shape == (len(ref["theta"]), 5)
+    size = os.path.getsize(os.path.join(S.WEIGHTS_DIR, "fk_forward.eqx")) + os.path.getsize(
+        os.path.join(S.WEIGHTS_DIR, "fk_inverse.eqx"))
+    assert size < 20e6
+
+
+def test_metrics_against_hand_computed_values():
+    true = np.zeros((2, 2, 2))
+    pred = np.zeros((2, 2, 2))
+    true[0, 0, 0], true[1, 1, 1] = 1.0, 0.5
+    pred[0, 0, 0], pred[0, 1, 0] = 0.5, 0.5
+    m = metrics.field_metrics(pred, true)
+    assert m["mse"] == pytest.approx((0.25 + 0.25 + 0.25) / 8)
+    assert m["mae"] == pytest.approx(1.5 / 8)
+    assert m["mse_norm"] == pytest.approx(0.75 / 8 / 2)  # two voxels with t >= 0.01
+    assert m["mae_norm"] == pytest.approx(1.5 / 8 / 2)
+    # NCC by hand: means 1.5/8 and 1/8
+    p, t = pred.ravel() - 1 / 8, true.ravel() - 1.5 / 8
+    assert m["ncc"] == pytest.approx(p @ t / np.sqrt((p @ p) * (t @ t)))
+    assert m["residual_max"] == pytest.approx(0.5)
+    assert m["residual_mean"] == pytest.approx(1.5 / 8)
+    assert metrics.ncc(true, 2 * true + 1) == pytest.approx(1.0)
+    assert metrics.ncc(true, -true) == pytest.approx(-1.0)
+    assert metrics.field_metrics(np.stack([pred, true]), np.stack([true, true]))["mse"][1] == 0.0
+
+
+@pytest.fixture(scope="module")
+def small_dataset(tmp_path_factory):
+    from bodil.tumor import mni152, resample_isotropic
+
+    wm, gm, _ = resample_isotropic(mni152(2), 8.0)
+    settings = DatasetSettings(size=16, spacing_mm=8.0, n_train=6, n_val=3, n_test=3, shard_size=3,
+                               volume_cm3=(1.0, 400.0))
+    out = tmp_path_factory.mktemp("fk16")
+    generate_dataset(out, wm, gm, settings, anatomy="MNI152 at 8 mm", progress=False)
+    return out, wm, gm, settings
+
+
+def test_dataset_samples_follow_the_rules_and_their_theta_reproduces_them(small_dataset):
+    out, _, _, settings = small_dataset
+    manifest = load_manifest(out)
+    assert manifest["theta_names"] == ["x", "y", "z", "mu_d", "mu_rho"]
+    assert manifest["rejections"]["kept"] == 12 and manifest["complete"]
+    test = load_split(out, "test")
+    assert test.u.shape == (3, 16, 16, 16) and test.tissue.shape == (3, 2, 16, 16, 16)
+    for theta, tissue, u in zip(test.theta, test.tissue, test.u):
+        u = u.astype(float)
+        assert settings.mu_d[0] <= theta[3] <= settings.mu_d[1] and settings.mu_rho[0] <= theta[4] <= settings.mu_rho[1]
+        faces = max(np.abs(np.take(u, j, axis=k)).max() for k in range(3) for j in (0, -1))
+        assert faces < settings.edge_tolerance
+        volume = (u >= settings.visible_threshold).sum() * 8.0 ** 3 / 1000
+        assert settings.volume_cm3[0] <= volume <= settings.volume_cm3[1]
+        # the stored theta (origin offset from the crop centre) rebuilds the run on the crop alone
+        again = fk_on_crop(theta, tissue.astype(np.float32), 8.0)
+        assert np.abs(again - u).max() < 5e-3
+
+
+def test_dataset_resumes_to_the_same_files_and_refuses_other_settings(small_dataset, tmp_path):
+    out, wm, gm, settings = small_dataset
+    manifest = load_manifest(out)
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for name in manifest["shards"]:
+        if name != "val-00000.npz":
+            (copy / name).write_bytes((out / name).read_bytes())
+    partial = json.loads(json.dumps(manifest))
+    partial["complete"] = False
+    del partial["shards"]["val-00000.npz"]
+    (copy / "manifest.json").write_text(json.dumps(partial))
+    with pytest.raises(InputError, match="resume"):
+        generate_dataset(copy, wm, gm, settings, anatomy="MNI152 at 8 mm", progress=False)
+    with pytest.raises(InputError, match="different 'settings'"):
+        generate_dataset(copy, wm, gm, DatasetSettings(size=16, spacing_mm=8.0, n_train=7), resume=True,
+                         anatomy="MNI152 at 8 mm", progress=False)
+    again = generate_dataset(copy, wm, gm, settings, anatomy="MNI152 at 8 mm", resume=True, progress=False)
+    assert again["shards"]["val-00000.npz"]["sha256"] == manifest["shards"]["val-00000.npz"]["sha256"]
+    with pytest.raises(InputError, match="incomplete"):
+        (tmp_path / "inc").mkdir()
+        (tmp_path / "inc" / "manifest.json").write_text(json.dumps(partial))
+        load_manifest(tmp_path / "inc")
+
+
+def test_training_writes_weights_with_history_and_refuses_a_stale_checkpoint(small_dataset, tmp_path):
+    out = small_dataset[0]
+    settings = S.TrainSettings(epochs=1, batch_size=3, width=4, depths=(1, 1))
+    history = S.train_surrogate(out, tmp_path / "f.eqx", settings, progress=False)
+    assert len(history) == 1 and np.isfinite(history[0]["val_mse"]) and "val_ncc" in history[0]
+    model = S.load(tmp_path / "f.eqx")
+    assert model.info["dataset"]["n_train"] == 6 and not os.path.exists(str(tmp_path / "f.eqx") + ".checkpoint")
+    (tmp_path / "g.eqx.checkpoint").write_bytes(b'{"fingerprint": {}, "history": []}\n')
+    with pytest.raises(InputError, match="--resume"):
+        S.train_surrogate(out, tmp_path / "g.eqx", settings, progress=False)
+    with pytest.raises(InputError, match="other settings"):
+        S.train_surrogate(out, tmp_path / "g.eqx", settings, progress=False, resume=True)
+
+
+@pytest.mark.xfail(strict=True, reason="issue 5 open: the shipped CPU-trained weights ignore mu_D and mu_rho (the "
+                   "coefficient path through the bottleneck did not train), so only the origin is recovered")
+def test_gradient_inversion_recovers_theta_of_a_surrogate_field():
+    """L-BFGS-B through the shipped surrogate recovers the theta that made the observed (surrogate) field."""
+    model = S.pretrained("forward")
+    ref = np.load(REFERENCE)
+    tissue, truth = ref["tissue"][0].astype(np.float32), ref["theta"][0]
+    u_obs = np.asarray(model.predict(truth, tissue))
+    start = truth + np.array([2.0, -2.0, 1.0, 1.5, 0.5])
+    res = invert_gradient(model, tissue, u_obs, start, final_run=False)
+    width = model.theta_upper - model.theta_lower
+    assert np.all(np.abs(res.theta - truth) / width < 0.02), (res.theta, truth)
+    assert res.loss < 1e-6
+
+
+def test_cmaes_stays_in_bounds_and_lowers_the_loss():
+    model = _tiny()
+    tissue = _tissue()
+    u_obs = np.asarray(model.predict(np.array([3.0, -1.0, 0.0, 20.0, 6.0]), tissue))
+    res = invert_cmaes(model, tissue, u_obs, max_evaluations=120, final_run=False)
+    start = float(np.mean((np.asarray(model.predict(model.denormalise(np.zeros(5)), tissue)) - u_obs) ** 2))
+    assert res.loss < start
+    assert np.all(res.theta >= model.theta_lower - 1e-9) and np.all(res.theta <= model.theta_upper + 1e-9)
+
+
+# ------------------------------------------------------------------------------ the surrogate on a patient
+@pytest.fixture(scope="module")
+def demo_patient():
+    from bodil.tumor import mni152, synthetic_patient
+
+    anatomy = mni152(2)
+    return anatomy, synthetic_patient(anatomy)
+
+
+def test_surrogate_box_places_the_tumour_where_the_fk_solver_does(demo_patient):
+    """On the demo patient (MNI152, origin and growth inside the training ranges) the shipped surrogate, placed
+    on the pipeline's box, matches the FK solution on that box; a wrong offset or axis would not."""
+    from bodil.tumor import crop_around
+    from bodil.tumor.model import tumor_model
+    from bodil.tumor.surrogate import surrogate_box
+
+    jax.config.update("jax_enable_x64", True)
+    try:
+        anatomy, patient = demo_patient
+        tumour = patient.labels > 0
+        crop = crop_around(tumour, anatomy.affine, scale=1.5, n=24)
+        box = anatomy.crop(crop)
+        classes = np.rint(crop.to_box(np.where(np.isin(patient.labels, [1, 4]), 2, (patient.labels == 2) * 1.0),
+                                      order=0)).astype(np.int8)
+        model = tumor_model(box.wm, box.gm, classes, crop.side_mm, nt=4, infer=("Dw", "rho", "x0", "y0", "z0"))
+        sbox = surrogate_box(model, S.pretrained("forward"), anatomy, tumour, crop)
+        t = patient.truth
+        origin = crop.world_to_box(np.asarray(t["origin_world"]))
+        theta = {"Dw": t["dw"], "rho": t["rho"], "ratio": 10.0, **dict(zip(("x0", "y0", "z0"), origin))}
+        assert sbox.in_range(theta)
+        u_fk = np.asarray(model.forward(model.posterior.params.merge(
+            {k: jnp.asarray(theta[k]) for k in ("Dw", "rho", "x0", "y0", "z0")}))[-1])
+        u_s = np.asarray(sbox.field(theta))
+        good = metrics.ncc(u_s, u_fk)
+        assert good > NCC_ON_BOX, good
+        for axis in ("x0", "y0", "z0"):
+            for step in (-10.0, 10.0):
+                moved = np.asarray(sbox.field(dict(theta, **{axis: theta[axis] + step})))
+                assert metrics.ncc(moved, u_fk) < good
+    finally:
+        jax.config.update("jax_enable_x64", False)
+
+
+def test_ctv_command_runs_on_the_surrogate(demo_patient, tmp_path):
+    from bodil.cli import main
+    from bodil.tumor import write_synthetic
+
+    anatomy, patient = demo_patient
+    paths = write_synthetic(patient, tmp_path / "p")
+    out = tmp_path / "ctv"
+    assert main(["ctv", "--seg", paths["seg"], "--atlas", "mni152", "--out", str(out), "--grid", "8",
+                 "--time-points", "4", "--samples", "6", "--inner", "surrogate", "--init", "surrogate"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["settings"]["inner"] == "surrogate" and summary["settings"]["initializer"] == "surrogate"
+    assert summary["posterior"]["inner_solves"]["method"].startswith("neural surrogate")
+    assert "in_training_range" in summary["surrogate"]
