@@ -11,9 +11,10 @@ depthwise 7^3 convolution, a layer norm over channels, a pointwise MLP of width 
 scale ``gamma``. The U-Net has four stages of widths ``(C, 2C, 4C, 8C)`` at resolutions ``n, n/2, n/4,
 n/8``; stages are joined by 2^3 stride-2 convolutions down and their transposes up, with skip connections
 added. The normalised parameters pass through one linear layer whose output is added channel-wise to the
-bottleneck (seed 000). The output is ``sigmoid``, multiplied by the tissue mask ``c_w + c_g >= 0.1`` (no
-tumour outside the brain's tissue, as in the solver). The inverse network is the same encoder followed by
-global average pooling, a layer norm and a linear layer to the five normalised parameters.
+bottleneck (seed 000). Its input channels are ``c_w``, ``c_g`` and the initial seed
+``exp(-|x - x_0|^2 / (4 Dt^2))`` (``seed_channel``; seed 000 feeds the seed as a side constraint). The
+output is ``sigmoid``, multiplied by the tissue mask ``c_w + c_g >= 0.1`` (no tumour outside the brain's
+tissue, as in the solver). The inverse network is the same encoder followed by global average pooling, a layer norm and a linear layer to the five normalised parameters.
 
 Depthwise 7^3 convolutions are computed by FFT (zero padding, the same result as a grouped ``lax`` convolution
 up to rounding): XLA's CPU backend runs grouped 3-D convolutions about a hundred times slower, and the FFT
@@ -389,7 +390,8 @@ def load(path) -> Surrogate:
 
 def pretrained(kind: str = "forward") -> Surrogate:
     """The weights shipped with bodil (``kind`` "forward" or "inverse"); see ``weights/README.md`` for the
-    command, dataset and wall time that made them."""
+    command, dataset and wall time that made them. The current forward weights ignore ``mu_D`` and
+    ``mu_rho`` (a first CPU training run; see that README): do not infer growth parameters with them."""
     if kind not in ("forward", "inverse"):
         raise ValueError(f"pretrained: kind must be 'forward' or 'inverse', got {kind!r}.")
     return load(os.path.join(WEIGHTS_DIR, f"fk_{kind}.eqx"))
@@ -547,4 +549,5 @@ def train_surrogate(data, out, settings: TrainSettings = TrainSettings(), *, res
 
 
 __all__: Sequence[str] = ["Architecture", "ConvNeXtBlock", "ForwardSurrogate", "InverseEncoder", "Surrogate",
-                          "TrainSettings", "build", "depthwise_conv3d", "load", "pretrained", "train_surrogate"]
+                          "TrainSettings", "build", "depthwise_conv3d", "load", "pretrained", "seed_channel",
+                          "train_surrogate"]
