@@ -329,20 +329,17 @@ class Surrogate:
             raise ValueError("Surrogate.predict needs a forward network; this one is an inverse encoder.")
         self._check(tissue)
         theta = jnp.asarray(theta)
-        z = self.normalise(theta)
-        tissue = jnp.asarray(tissue, jnp.result_type(float))
-        if theta.ndim == 1:
-            return self.apply(z, tissue)
-        return jax.vmap(self.apply)(z, tissue)
+        tissue = jnp.asarray(tissue, jnp.float32)
+        return _predict(self.network, theta, tissue, jnp.asarray(self.theta_lower, jnp.float32),
+                        jnp.asarray(self.theta_upper, jnp.float32), self.architecture.size, self.spacing_mm)
 
     def invert(self, u, tissue):
         """Direct prediction of physical ``theta`` from ``u`` (``(n, n, n)`` or batched) and ``tissue``."""
         if self.architecture.kind != "inverse":
             raise ValueError("Surrogate.invert needs an inverse encoder; this one is a forward network.")
         self._check(tissue)
-        u, tissue = jnp.asarray(u, jnp.result_type(float)), jnp.asarray(tissue, jnp.result_type(float))
-        z = self.network(u, tissue) if u.ndim == 3 else jax.vmap(self.network)(u, tissue)
-        return self.denormalise(z)
+        u, tissue = jnp.asarray(u, jnp.float32), jnp.asarray(tissue, jnp.float32)
+        return self.denormalise(_invert(self.network, u, tissue))
 
     def header(self) -> dict:
         return {"format": "bodil-surrogate/1", "architecture": dataclasses.asdict(self.architecture),
@@ -357,6 +354,23 @@ class Surrogate:
             f.write((json.dumps(self.header()) + "\n").encode())
             eqx.tree_serialise_leaves(f, self.network)
         return path
+
+
+@eqx.filter_jit
+def _predict(network, theta, tissue, lo, hi, size, spacing):
+    """``Surrogate.predict`` compiled once per shape (an eager call would compile every operation)."""
+
+    def one(t, ti):
+        z = (2.0 * (t - lo) / (hi - lo) - 1.0).astype(jnp.float32)
+        seed = seed_channel(t[:3], size, spacing).astype(jnp.float32)
+        return network(z, ti, seed)
+
+    return one(theta, tissue) if theta.ndim == 1 else jax.vmap(one)(theta, tissue)
+
+
+@eqx.filter_jit
+def _invert(network, u, tissue):
+    return network(u, tissue) if u.ndim == 3 else jax.vmap(network)(u, tissue)
 
 
 def build(architecture: Architecture, key) -> eqx.Module:
