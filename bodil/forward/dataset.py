@@ -58,15 +58,58 @@ _FORMAT = "bodil-fk-dataset/1"
 
 
 @dataclasses.dataclass(frozen=True)
-class DatasetSettings:
-    """What a dataset is made of (all of it is written to the manifest).
+class FKSettings:
+    """The Fisher-Kolmogorov run behind every sample: ``Dg = dg_ratio Dw`` (seed 000: 0.1), the
+    ``solve_fk`` settings ``tissue_threshold``, ``safety``, ``max_rho_dt`` and the initial condition's
+    ``mass``, ``dt2``, ``cutoff`` (seed 003 eq. 28)."""
+
+    dg_ratio: float = 0.1
+    tissue_threshold: float = 0.1
+    safety: float = 0.9
+    max_rho_dt: float = 0.05
+    mass: float = 1500.0
+    dt2: float = 15.0
+    cutoff: float = 0.1
+
+    @classmethod
+    def from_manifest(cls, manifest: dict) -> "FKSettings":
+        s = manifest["settings"]
+        return cls(**{f.name: s[f.name] for f in dataclasses.fields(cls)})
+
+
+def fk_run(origin_mm, mu_d: float, mu_rho: float, wm, gm, spacing_mm: float,
+           settings: FKSettings = FKSettings()) -> np.ndarray:
+    """One run with ``T = 1``, ``Dw = mu_D^2``, ``Dg = dg_ratio Dw``, ``rho = mu_rho^2`` from the clipped
+    Gaussian at ``origin_mm`` (the cube's frame: voxel ``i`` at ``(i + 1/2) h``), zero outside tissue; no-flux
+    cube faces. Returns ``u(T)`` (float64)."""
+    wm, gm = np.asarray(wm, np.float32), np.asarray(gm, np.float32)
+    tissue = (wm + gm) >= settings.tissue_threshold
+    u0 = np.asarray(fk_initial_condition(wm.shape, spacing_mm, origin_mm, mass=settings.mass, dt2=settings.dt2,
+                                         cutoff=settings.cutoff, dtype=np.float32)) * tissue
+    dw = float(mu_d) ** 2
+    u = solve_fk(u0, wm, gm, spacing_mm, dw=dw, dg=settings.dg_ratio * dw, rho=float(mu_rho) ** 2, t_final=1.0,
+                 tissue_threshold=settings.tissue_threshold, safety=settings.safety, max_rho_dt=settings.max_rho_dt)
+    return np.asarray(u[-1], dtype=np.float64)
+
+
+def fk_on_crop(theta, tissue, spacing_mm: float, settings: FKSettings = FKSettings()) -> np.ndarray:
+    """``fk_run`` on a crop for the surrogate's ``theta``: origin at the crop centre plus ``theta[:3]`` (mm),
+    ``tissue = (c_w, c_g)`` on the crop."""
+    theta = np.asarray(theta, float)
+    wm, gm = tissue
+    origin = theta[:3] + 0.5 * np.shape(wm)[0] * spacing_mm
+    return fk_run(origin, theta[3], theta[4], wm, gm, spacing_mm, settings)
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSettings(FKSettings):
+    """What a dataset is made of (all of it is written to the manifest), with the solver's ``FKSettings``.
 
     Attributes:
         size: crop side in voxels (seed 000: 128 at 1 mm; default 64 at 2 mm, the same 128 mm).
         spacing_mm: isotropic voxel size of the volume and the crops.
         mu_d: range of ``mu_D = sqrt(Dw T)`` in mm (DESIGN.md: up to about 32 mm).
         mu_rho: range of ``mu_rho = sqrt(rho T)`` (DESIGN.md: up to about 10).
-        dg_ratio: ``Dg / Dw`` (seed 000: 0.1).
         visible_threshold: concentration that counts as visible tumour (FLAIR edema, 0.25).
         volume_cm3: accepted range of the visible volume.
         edge_tolerance: largest concentration allowed on the crop faces.
@@ -76,15 +119,12 @@ class DatasetSettings:
         n_train, n_val, n_test: samples per split.
         shard_size: samples per file.
         seed: the root of all random streams.
-        tissue_threshold, safety, max_rho_dt: ``solve_fk`` settings.
-        mass, dt2, cutoff: the initial condition (seed 003 eq. 28).
     """
 
     size: int = 64
     spacing_mm: float = 2.0
     mu_d: tuple[float, float] = (2.0, 32.0)
     mu_rho: tuple[float, float] = (1.0, 10.0)
-    dg_ratio: float = 0.1
     visible_threshold: float = 0.25
     volume_cm3: tuple[float, float] = (1.0, 250.0)
     edge_tolerance: float = 1e-2
@@ -95,12 +135,6 @@ class DatasetSettings:
     n_test: int = 100
     shard_size: int = 50
     seed: int = 0
-    tissue_threshold: float = 0.1
-    safety: float = 0.9
-    max_rho_dt: float = 0.05
-    mass: float = 1500.0
-    dt2: float = 15.0
-    cutoff: float = 0.1
 
     def __post_init__(self):
         for name in ("mu_d", "mu_rho", "volume_cm3"):
@@ -156,8 +190,7 @@ def _window(volume: np.ndarray, centre: np.ndarray, n: int) -> np.ndarray:
 
 
 def _faces_max(u: np.ndarray) -> float:
-    return float(max(np.abs(u[i]).max() for i in (0, -1)) if u.ndim == 1 else max(
-        float(np.take(u, j, axis=k).max()) for k in range(u.ndim) for j in (0, -1)))
+    return max(float(np.take(u, j, axis=k).max()) for k in range(u.ndim) for j in (0, -1))
 
 
 def draw_sample(wm: np.ndarray, gm: np.ndarray, settings: DatasetSettings, rng: np.random.Generator,
@@ -178,13 +211,7 @@ def draw_sample(wm: np.ndarray, gm: np.ndarray, settings: DatasetSettings, rng: 
         wm_s, gm_s = _window(wm, centre, ns), _window(gm, centre, ns)
         start = centre - ns // 2
         origin_mm = (origin - start + 0.5) * h  # the solve cube's frame: voxel i at (i + 1/2) h
-        tissue = (wm_s + gm_s) >= settings.tissue_threshold
-        u0 = np.asarray(fk_initial_condition((ns,) * 3, h, origin_mm, mass=settings.mass, dt2=settings.dt2,
-                                             cutoff=settings.cutoff, dtype=np.float32)) * tissue
-        dw = mu_d ** 2
-        u = np.asarray(solve_fk(u0, wm_s, gm_s, h, dw=dw, dg=settings.dg_ratio * dw, rho=mu_rho ** 2,
-                                t_final=1.0, tissue_threshold=settings.tissue_threshold, safety=settings.safety,
-                                max_rho_dt=settings.max_rho_dt)[-1], dtype=np.float64)
+        u = fk_run(origin_mm, mu_d, mu_rho, wm_s, gm_s, h, settings)
         volume = float((u >= settings.visible_threshold).sum()) * h ** 3 / 1000.0
         if not settings.volume_cm3[0] <= volume <= settings.volume_cm3[1]:
             stats["volume_out_of_range"] = stats.get("volume_out_of_range", 0) + 1
@@ -378,5 +405,5 @@ def split_sizes(manifest: dict) -> dict:
     return out
 
 
-__all__: Sequence[str] = ["DatasetSettings", "Split", "THETA_NAMES", "THETA_UNITS", "draw_sample",
-                          "generate_dataset", "load_manifest", "load_split", "split_sizes"]
+__all__: Sequence[str] = ["DatasetSettings", "FKSettings", "Split", "THETA_NAMES", "THETA_UNITS", "draw_sample",
+                          "fk_on_crop", "fk_run", "generate_dataset", "load_manifest", "load_split", "split_sizes"]

@@ -19,47 +19,13 @@ import dataclasses
 import math
 import time
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .fk import fk_initial_condition, solve_fk
+from .dataset import FKSettings, fk_on_crop
 from .surrogate import Surrogate
-
-
-@dataclasses.dataclass(frozen=True)
-class FKSettings:
-    """The solver behind the surrogate's training data (``bodil.forward.dataset.DatasetSettings``)."""
-
-    dg_ratio: float = 0.1
-    tissue_threshold: float = 0.1
-    safety: float = 0.9
-    max_rho_dt: float = 0.05
-    mass: float = 1500.0
-    dt2: float = 15.0
-    cutoff: float = 0.1
-
-    @classmethod
-    def from_manifest(cls, manifest: dict) -> "FKSettings":
-        s = manifest["settings"]
-        return cls(**{f.name: s[f.name] for f in dataclasses.fields(cls)})
-
-
-def fk_on_crop(theta, tissue, spacing_mm: float, settings: FKSettings = FKSettings()) -> np.ndarray:
-    """One FK run on the crop: origin at the crop centre plus ``theta[:3]`` (mm), ``Dw = mu_D^2``,
-    ``Dg = dg_ratio Dw``, ``rho = mu_rho^2``, ``T = 1`` (``bodil.forward.dataset``); no-flux crop faces."""
-    theta = np.asarray(theta, float)
-    wm, gm = (np.asarray(t, np.float32) for t in tissue)
-    n = wm.shape[0]
-    origin = theta[:3] + 0.5 * n * spacing_mm
-    u0 = np.asarray(fk_initial_condition(wm.shape, spacing_mm, origin, mass=settings.mass, dt2=settings.dt2,
-                                         cutoff=settings.cutoff, dtype=np.float32))
-    u0 = u0 * ((wm + gm) >= settings.tissue_threshold)
-    dw = float(theta[3]) ** 2
-    u = solve_fk(u0, wm, gm, spacing_mm, dw=dw, dg=settings.dg_ratio * dw, rho=float(theta[4]) ** 2,
-                 t_final=1.0, tissue_threshold=settings.tissue_threshold, safety=settings.safety,
-                 max_rho_dt=settings.max_rho_dt)
-    return np.asarray(u[-1], np.float64)
 
 
 @dataclasses.dataclass
@@ -76,17 +42,26 @@ class InversionResult:
     wall_s: float
 
 
+def _misfit(model: Surrogate, z, tissue, u_obs):
+    return jnp.mean((model.apply(z.astype(jnp.float32), tissue) - u_obs) ** 2)
+
+
+# the model is a static argument (hashed by identity): compiled once per model and shape, not once per call
+@eqx.filter_jit
+def _misfit_and_grad(model: Surrogate, z, tissue, u_obs):
+    return jax.value_and_grad(_misfit, argnums=1)(model, z, tissue, u_obs)
+
+
+@eqx.filter_jit
+def _misfits(model: Surrogate, zs, tissue, u_obs):
+    return jax.vmap(_misfit, in_axes=(None, 0, None, None))(model, zs, tissue, u_obs)
+
+
 def _surrogate_functions(model: Surrogate, tissue, u_obs):
+    """``(value_and_grad(z), batch(zs))`` of the mean squared misfit through the surrogate."""
     tissue = jnp.asarray(tissue, jnp.float32)
     u_obs = jnp.asarray(u_obs, jnp.float32)
-
-    def loss_z(z):
-        u = model.apply(z.astype(jnp.float32), tissue)
-        return jnp.mean((u - u_obs) ** 2)
-
-    value_and_grad = jax.jit(jax.value_and_grad(loss_z))
-    batch = jax.jit(jax.vmap(loss_z))
-    return value_and_grad, batch
+    return (lambda z: _misfit_and_grad(model, z, tissue, u_obs)), (lambda zs: _misfits(model, zs, tissue, u_obs))
 
 
 def _finish(method, model, z, loss, evaluations, t0, tissue, fk, final_run):
