@@ -395,7 +395,8 @@ def load(path) -> Surrogate:
         if header.get("format") != "bodil-surrogate/1":
             raise InputError(f"{path} is not a bodil surrogate weights file (format {header.get('format')!r}).")
         arch = Architecture(**header["architecture"])
-        skeleton = build(arch, jax.random.PRNGKey(0))
+        # shapes only: initialising the network for real runs every layer's initialiser eagerly (26 s)
+        skeleton = eqx.filter_eval_shape(build, arch, jax.random.PRNGKey(0))
         network = eqx.tree_deserialise_leaves(f, skeleton)
     return Surrogate(network=network, architecture=arch, theta_lower=np.asarray(header["theta_lower"]),
                      theta_upper=np.asarray(header["theta_upper"]), spacing_mm=float(header["spacing_mm"]),
