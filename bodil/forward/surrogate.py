@@ -11,8 +11,9 @@ depthwise 7^3 convolution, a layer norm over channels, a pointwise MLP of width 
 scale ``gamma``. The U-Net has four stages of widths ``(C, 2C, 4C, 8C)`` at resolutions ``n, n/2, n/4,
 n/8``; stages are joined by 2^3 stride-2 convolutions down and their transposes up, with skip connections
 added. The normalised parameters pass through one linear layer whose output is added channel-wise to the
-bottleneck (seed 000). Its input channels are ``c_w``, ``c_g`` and the initial seed
-``exp(-|x - x_0|^2 / (4 Dt^2))`` (``seed_channel``; seed 000 feeds the seed as a side constraint). The
+bottleneck (seed 000). Its input channels are ``c_w``, ``c_g`` and channels computed from ``theta``
+(``theta_channels``): the initial seed (seed 000 feeds it as a side constraint) and the linearised FK solution
+in homogeneous white matter, which carries ``mu_D`` and ``mu_rho`` to every voxel. The
 output is ``sigmoid``, multiplied by the tissue mask ``c_w + c_g >= 0.1`` (no tumour outside the brain's
 tissue, as in the solver). The inverse network is the same encoder followed by global average pooling, a layer norm and a linear layer to the five normalised parameters.
 
@@ -78,17 +79,52 @@ def depthwise_conv3d(x, kernel):
     return y[:, p:p + x.shape[1], p:p + x.shape[2], p:p + x.shape[3]].astype(x.dtype)
 
 
-SEED_DT2 = 15.0
-"""``Dt^2`` (mm^2) of the seed channel, the initial condition's (seed 003 eq. 28)."""
+SEED_MASS, SEED_DT2 = 1500.0, 15.0
+"""``M`` and ``Dt^2`` (mm^2) of the initial condition (seed 003 eq. 27-28, ``bodil.forward.fk``)."""
+
+THETA_CHANNELS = ("seed", "homogeneous")
+"""The input channels computed from ``theta`` (``theta_channels``)."""
 
 
-def seed_channel(offset_mm, size: int, spacing_mm: float):
-    """The initial tumour seed as an input channel: ``exp(-|x - x_0|^2 / (4 Dt^2))`` on the crop's cell centres
-    (``x_0`` = crop centre + ``offset_mm``), unclipped so that it is smooth in the origin."""
+def linearised_log_concentration(r2, mu_d, mu_rho):
+    """``log s`` of the linearised FK solution from the unclipped seed in unbounded homogeneous tissue at
+    ``T = 1`` (``D = mu_D^2``, ``rho = mu_rho^2``), at squared distance ``r2`` (mm^2) from the origin:
+
+        log s = mu_rho^2 + log M - 3/2 log(4 pi (Dt^2 + mu_D^2)) - r^2 / (4 (Dt^2 + mu_D^2)).
+    """
+    s2 = SEED_DT2 + mu_d ** 2
+    return mu_rho ** 2 + math.log(SEED_MASS) - 1.5 * jnp.log(4.0 * math.pi * s2) - r2 / (4.0 * s2)
+
+
+def theta_channels(theta, size: int, spacing_mm: float, names: Sequence[str] = THETA_CHANNELS):
+    """Input channels computed from physical ``theta = (x, y, z, mu_D, mu_rho)`` on the crop's cell centres
+    (``x_0`` = crop centre + ``theta[:3]`` mm), shape ``(len(names), n, n, n)``:
+
+    - ``"seed"``: the initial tumour ``exp(-r^2 / (4 Dt^2))``, ``r = |x - x_0|``, unclipped so that it is
+      smooth in the origin (seed 000 feeds the seed as a side constraint);
+    - ``"homogeneous"``: the FK solution in unbounded homogeneous white matter, linearised and then saturated,
+      ``s / (1 + s)`` with
+
+          s = exp(mu_rho^2) M (4 pi (Dt^2 + mu_D^2))^{-3/2} exp(-r^2 / (4 (Dt^2 + mu_D^2))),
+
+      the exact solution of ``u_t = D lap u + rho u`` at ``T = 1`` from the unclipped Gaussian. Its front
+      ``s = 1`` moves at the Fisher-KPP speed ``2 sqrt(D rho)`` (radius ``-> 2 mu_D mu_rho``). It carries
+      ``mu_D`` and ``mu_rho`` to every voxel at full resolution, so the network learns the anatomy's correction
+      to it instead of having to thread the coefficients from the bottleneck through every decoder level
+      (with the bottleneck alone, a first CPU training learned to ignore them).
+    """
     x = (jnp.arange(size) + 0.5) * spacing_mm - 0.5 * size * spacing_mm
-    d = [(x - offset_mm[k]) ** 2 for k in range(3)]
+    d = [(x - theta[k]) ** 2 for k in range(3)]
     r2 = d[0][:, None, None] + d[1][None, :, None] + d[2][None, None, :]
-    return jnp.exp(-r2 / (4.0 * SEED_DT2))
+    channels = []
+    for name in names:
+        if name == "seed":
+            channels.append(jnp.exp(-r2 / (4.0 * SEED_DT2)))
+        elif name == "homogeneous":
+            channels.append(jax.nn.sigmoid(linearised_log_concentration(r2, theta[3], theta[4])))
+        else:
+            raise ValueError(f"theta_channels: unknown channel {name!r}; known: {THETA_CHANNELS}.")
+    return jnp.stack(channels)
 
 
 class Pointwise(eqx.Module):
@@ -188,7 +224,8 @@ class Up(eqx.Module):
 @dataclasses.dataclass(frozen=True)
 class Architecture:
     """What a network is: ``kind`` ("forward" or "inverse"), first-stage ``width`` C, blocks per stage
-    ``depths`` (encoder; the decoder has one block per stage), input ``channels`` and crop ``size``."""
+    ``depths`` (encoder; the decoder has one block per stage), crop ``size`` and, for the forward network, the
+    input channels computed from theta (``theta_channels``)."""
 
     kind: str = "forward"
     width: int = 16
@@ -196,9 +233,14 @@ class Architecture:
     kernel_size: int = 7
     n_theta: int = 5
     size: int = 32
+    theta_channels: tuple[str, ...] = THETA_CHANNELS
 
     def __post_init__(self):
         object.__setattr__(self, "depths", tuple(int(d) for d in self.depths))
+        object.__setattr__(self, "theta_channels", tuple(self.theta_channels))
+        unknown = set(self.theta_channels) - set(THETA_CHANNELS)
+        if unknown:
+            raise ValueError(f"Architecture: unknown theta channels {sorted(unknown)}; known: {THETA_CHANNELS}.")
         if self.kind not in ("forward", "inverse"):
             raise ValueError(f"Architecture: kind must be 'forward' or 'inverse', got {self.kind!r}.")
         factor = 2 ** (len(self.depths) - 1)
@@ -239,8 +281,8 @@ class _Encoder(eqx.Module):
 
 
 class ForwardSurrogate(eqx.Module):
-    """ConvNeXt U-Net ``(theta_normalised (5,), tissue (2, n, n, n), seed (n, n, n)) -> u (n, n, n)``
-    (module docstring; ``seed`` is ``seed_channel`` of the origin)."""
+    """ConvNeXt U-Net ``(theta_normalised (5,), tissue (2, n, n, n), channels (k, n, n, n)) -> u (n, n, n)``
+    (module docstring; ``channels`` are ``theta_channels`` of the physical theta)."""
 
     encoder: _Encoder
     coefficients: eqx.nn.Linear
@@ -251,15 +293,15 @@ class ForwardSurrogate(eqx.Module):
     def __init__(self, arch: Architecture, *, key):
         k1, k2, k3, k4, k5 = jax.random.split(key, 5)
         w = arch.widths
-        self.encoder = _Encoder(3, arch, k1)
+        self.encoder = _Encoder(2 + len(arch.theta_channels), arch, k1)
         self.coefficients = eqx.nn.Linear(arch.n_theta, w[-1], key=k2)
         ups, dec = jax.random.split(k3, len(w)), jax.random.split(k4, len(w))
         self.ups = [Up(w[i + 1], w[i], key=ups[i]) for i in range(len(w) - 1)]
         self.decoder = [ConvNeXtBlock(w[i], key=dec[i], kernel_size=arch.kernel_size) for i in range(len(w) - 1)]
         self.head = Pointwise(w[0], 1, key=k5, scale=0.1)
 
-    def __call__(self, theta, tissue, seed):
-        skips = self.encoder(jnp.concatenate([tissue, seed[None]]), self.coefficients(theta))
+    def __call__(self, theta, tissue, channels):
+        skips = self.encoder(jnp.concatenate([tissue, channels]), self.coefficients(theta))
         x = skips[-1]
         for i in reversed(range(len(self.ups))):
             x = self.decoder[i](self.ups[i](x) + skips[i])
@@ -310,10 +352,8 @@ class Surrogate:
         return lo + 0.5 * (jnp.asarray(z) + 1.0) * (hi - lo)
 
     def apply(self, z, tissue):
-        """The forward network at normalised ``z (5,)`` (one crop; the seed channel is built from ``z``)."""
-        theta = self.denormalise(z)
-        seed = seed_channel(theta[:3], self.architecture.size, self.spacing_mm).astype(tissue.dtype)
-        return self.network(z, tissue, seed)
+        """The forward network at normalised ``z (5,)`` (one crop; the theta channels are built from ``z``)."""
+        return _forward(self.network, self.denormalise(z), z, tissue, self.architecture, self.spacing_mm)
 
     def _check(self, tissue, what="tissue", channels=2):
         n = self.architecture.size
@@ -331,7 +371,7 @@ class Surrogate:
         theta = jnp.asarray(theta)
         tissue = jnp.asarray(tissue, jnp.float32)
         return _predict(self.network, theta, tissue, jnp.asarray(self.theta_lower, jnp.float32),
-                        jnp.asarray(self.theta_upper, jnp.float32), self.architecture.size, self.spacing_mm)
+                        jnp.asarray(self.theta_upper, jnp.float32), self.architecture, self.spacing_mm)
 
     def invert(self, u, tissue):
         """Direct prediction of physical ``theta`` from ``u`` (``(n, n, n)`` or batched) and ``tissue``."""
@@ -356,14 +396,19 @@ class Surrogate:
         return path
 
 
+def _forward(network, theta, z, tissue, arch: Architecture, spacing_mm: float):
+    """The forward network on one crop at physical ``theta`` (for the theta channels) and normalised ``z``."""
+    channels = theta_channels(theta, arch.size, spacing_mm, arch.theta_channels).astype(tissue.dtype)
+    return network(z, tissue, channels)
+
+
 @eqx.filter_jit
-def _predict(network, theta, tissue, lo, hi, size, spacing):
+def _predict(network, theta, tissue, lo, hi, arch, spacing):
     """``Surrogate.predict`` compiled once per shape (an eager call would compile every operation)."""
 
     def one(t, ti):
         z = (2.0 * (t - lo) / (hi - lo) - 1.0).astype(jnp.float32)
-        seed = seed_channel(t[:3], size, spacing).astype(jnp.float32)
-        return network(z, ti, seed)
+        return _forward(network, t, z, ti, arch, spacing)
 
     return one(theta, tissue) if theta.ndim == 1 else jax.vmap(one)(theta, tissue)
 
@@ -397,7 +442,11 @@ def load(path) -> Surrogate:
         arch = Architecture(**header["architecture"])
         # shapes only: initialising the network for real runs every layer's initialiser eagerly (26 s)
         skeleton = eqx.filter_eval_shape(build, arch, jax.random.PRNGKey(0))
-        network = eqx.tree_deserialise_leaves(f, skeleton)
+        try:
+            network = eqx.tree_deserialise_leaves(f, skeleton)
+        except (RuntimeError, ValueError, EOFError) as err:
+            raise InputError(f"{path}: the weights do not fit the architecture in its header ({err}); the file is "
+                             f"damaged or was written by an older bodil: train it again.") from None
     return Surrogate(network=network, architecture=arch, theta_lower=np.asarray(header["theta_lower"]),
                      theta_upper=np.asarray(header["theta_upper"]), spacing_mm=float(header["spacing_mm"]),
                      info=header.get("info", {}))
@@ -405,8 +454,7 @@ def load(path) -> Surrogate:
 
 def pretrained(kind: str = "forward") -> Surrogate:
     """The weights shipped with bodil (``kind`` "forward" or "inverse"); see ``weights/README.md`` for the
-    command, dataset and wall time that made them. The current forward weights ignore ``mu_D`` and
-    ``mu_rho`` (a first CPU training run; see that README): do not infer growth parameters with them."""
+    command, dataset and wall time that made them (32^3 crops at 4 mm, MNI152 anatomy)."""
     if kind not in ("forward", "inverse"):
         raise ValueError(f"pretrained: kind must be 'forward' or 'inverse', got {kind!r}.")
     return load(os.path.join(WEIGHTS_DIR, f"fk_{kind}.eqx"))
@@ -564,5 +612,5 @@ def train_surrogate(data, out, settings: TrainSettings = TrainSettings(), *, res
 
 
 __all__: Sequence[str] = ["Architecture", "ConvNeXtBlock", "ForwardSurrogate", "InverseEncoder", "Surrogate",
-                          "TrainSettings", "build", "depthwise_conv3d", "load", "pretrained", "seed_channel",
+                          "TrainSettings", "build", "depthwise_conv3d", "load", "pretrained", "theta_channels",
                           "train_surrogate"]
