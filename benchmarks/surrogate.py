@@ -5,8 +5,13 @@ made by ``bodil dataset --out fk32 --size 32 --spacing 4 --train 2000 --val 100 
 
 1. Forward accuracy on the whole test split: MSE (seed 000's goal: at most 1.8e-3), MAE, volume-normalised
    MSE / MAE, NCC and seed 002's residual statistics (``bodil.forward.metrics``).
-2. Forward time for a batch of 32 test crops: the surrogate (jit-compiled, after one warm-up call) against
-   32 FK runs on the same crops (``bodil.forward.inversion.fk_on_crop``); the ratio.
+2. Forward time per crop for a batch of 32 test crops: the surrogate (one jit-compiled batched call, after a
+   warm-up) against 32 FK runs on the same crops (``bodil.forward.inversion.fk_on_crop``); the ratio. Then the
+   same on finer grids of the same 128 mm (``--sizes``, smaller batches; seed 000's is 128^3 at 1 mm): the
+   tissue upsampled, the network of the same architecture untrained (its cost does not depend on its
+   weights). The network's cost grows like ``n^3 log n``; the explicit solver's like ``n^3`` times its step
+   count, which grows like ``n^2`` only where diffusion (the CFL bound), not growth (``rho dt``), limits the
+   step.
 3. Inversion on the first ``--cases`` test cases (the observation is the true concentration, as in seed 000):
    GB (L-BFGS-B through the surrogate from the box centre), direct (inverse encoder), hybrid (direct, then GB;
    the lower surrogate loss), CMA-ES on the surrogate and CMA-ES on the FK solver (classical). Every method
@@ -22,6 +27,7 @@ made by ``bodil dataset --out fk32 --size 32 --spacing 4 --train 2000 --val 100 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 
 import jax
@@ -50,20 +56,30 @@ def forward_accuracy(model, test) -> dict:
     return metrics.field_metrics(np.concatenate(preds), np.asarray(test.u, np.float64))
 
 
-def forward_timing(model, test, fk, batch=32) -> tuple[float, float]:
+def forward_time_per_crop(model, test, fk, size: int, batch: int) -> tuple[float, float]:
+    """Seconds per crop of the surrogate (one jit-compiled batched call, after a warm-up) and of the FK solver
+    (``batch`` runs, after a warm-up) on ``size^3`` crops of the same extent as ``model``'s. On a finer grid than
+    the model's, the tissue is upsampled and the network is one of the same architecture, untrained: its cost
+    does not depend on its weights."""
+    from scipy import ndimage
+
     theta, tissue = test.theta[:batch], np.asarray(test.tissue[:batch], np.float32)
-    predict = jax.jit(jax.vmap(model.apply))
-    z = jnp.asarray(model.normalise(theta), jnp.float32)
-    t = jnp.asarray(tissue)
-    predict(z, t).block_until_ready()
+    if size != model.architecture.size:
+        factor = size / model.architecture.size
+        arch = dataclasses.replace(model.architecture, size=size)
+        model = S.Surrogate(network=S.build(arch, jax.random.PRNGKey(0)), architecture=arch,
+                            theta_lower=model.theta_lower, theta_upper=model.theta_upper,
+                            spacing_mm=model.spacing_mm / factor, info={})
+        tissue = np.clip(ndimage.zoom(tissue, (1, 1, factor, factor, factor), order=1), 0.0, 1.0)
+    model.predict(theta, tissue).block_until_ready()
     t0 = time.perf_counter()
-    predict(z, t).block_until_ready()
-    t_sur = time.perf_counter() - t0
+    model.predict(theta, tissue).block_until_ready()
+    t_sur = (time.perf_counter() - t0) / batch
     fk_on_crop(theta[0], tissue[0], model.spacing_mm, fk)  # compile
     t0 = time.perf_counter()
     for th, ti in zip(theta, tissue):
         fk_on_crop(th, ti, model.spacing_mm, fk)
-    return t_sur, time.perf_counter() - t0
+    return t_sur, (time.perf_counter() - t0) / batch
 
 
 def main():
@@ -75,6 +91,8 @@ def main():
     p.add_argument("--gb-iterations", type=int, default=100, help="L-BFGS-B iterations (default 100)")
     p.add_argument("--cmaes-evaluations", type=int, default=1000, help="CMA-ES budget on the surrogate")
     p.add_argument("--classical-evaluations", type=int, default=400, help="CMA-ES budget on the FK solver")
+    p.add_argument("--sizes", type=int, nargs="*", default=[64], help="finer grids for the forward timing "
+                   "(default 64; 128 is seed 000's and takes minutes on a CPU)")
     args = p.parse_args()
 
     model = S.load(args.forward) if args.forward else S.pretrained("forward")
@@ -95,11 +113,15 @@ def main():
         print(f"| {k} | {_mean_se(v)} |")
     print(f"\nseed 000 goal: MSE <= 1.8e-3; here {np.mean(acc['mse']):.3g}")
 
-    t_sur, t_fk = forward_timing(model, test, fk)
-    print(f"\n## Forward time, batch of 32\n\n| | s per batch | s per crop |\n|---|---|---|")
-    print(f"| surrogate (one batched call) | {t_sur:.3g} | {t_sur / 32:.3g} |")
-    print(f"| FK solver (32 runs) | {t_fk:.3g} | {t_fk / 32:.3g} |")
-    print(f"| ratio FK / surrogate | {t_fk / t_sur:.1f} | |")
+    print(f"\n## Forward time per crop, {n * model.spacing_mm:g} mm crops\n")
+    print("| grid | spacing (mm) | batch | surrogate (s) | FK solver (s) | ratio FK / surrogate |\n"
+          "|---|---|---|---|---|---|")
+    for size in [n] + [m for m in args.sizes if m != n]:
+        batch = max(1, 32 // max(1, size // n) ** 3)
+        t_sur, t_fk = forward_time_per_crop(model, test, fk, size, batch)
+        note = "" if size == n else " (untrained, timing only)"
+        print(f"| {size}^3{note} | {n * model.spacing_mm / size:g} | {batch} | {t_sur:.3g} | {t_fk:.3g} | "
+              f"{t_fk / t_sur:.2g} |", flush=True)
 
     methods = {
         "GB neural surrogate": lambda ti, u: invert_gradient(model, ti, u, maxiter=args.gb_iterations, fk=fk),
