@@ -82,6 +82,10 @@ def forward_time_per_crop(model, test, fk, size: int, batch: int) -> tuple[float
     return t_sur, (time.perf_counter() - t0) / batch
 
 
+METHODS = {"GB neural surrogate": "gb", "direct inverse prediction": "direct", "hybrid (direct + GB)": "hybrid",
+           "CMA-ES neural surrogate": "cmaes", "CMA-ES classical solver": "classical"}
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True, help="dataset folder (its test split)")
@@ -91,6 +95,8 @@ def main():
     p.add_argument("--gb-iterations", type=int, default=100, help="L-BFGS-B iterations (default 100)")
     p.add_argument("--cmaes-evaluations", type=int, default=1000, help="CMA-ES budget on the surrogate")
     p.add_argument("--classical-evaluations", type=int, default=400, help="CMA-ES budget on the FK solver")
+    p.add_argument("--methods", nargs="+", choices=list(METHODS.values()), default=list(METHODS.values()),
+                   help="inversion methods to run (default: all five)")
     p.add_argument("--sizes", type=int, nargs="*", default=[64], help="finer grids for the forward timing "
                    "(default 64; 128 is seed 000's and takes minutes on a CPU)")
     args = p.parse_args()
@@ -123,7 +129,7 @@ def main():
         print(f"| {size}^3{note} | {n * model.spacing_mm / size:g} | {batch} | {t_sur:.3g} | {t_fk:.3g} | "
               f"{t_fk / t_sur:.2g} |", flush=True)
 
-    methods = {
+    all_methods = {
         "GB neural surrogate": lambda ti, u: invert_gradient(model, ti, u, maxiter=args.gb_iterations, fk=fk),
         "direct inverse prediction": lambda ti, u: invert_direct(encoder, ti, u, model=model, fk=fk),
         "hybrid (direct + GB)": lambda ti, u: invert_hybrid(model, encoder, ti, u, maxiter=args.gb_iterations, fk=fk),
@@ -132,12 +138,13 @@ def main():
         "CMA-ES classical solver": lambda ti, u: invert_cmaes(model, ti, u, classical=True,
                                                               max_evaluations=args.classical_evaluations, fk=fk),
     }
+    methods = {name: run for name, run in all_methods.items() if METHODS[name] in args.methods}
     rows = {name: [] for name in methods}
     cases = min(args.cases, len(test))
     # warm up the compiled functions once, so that the first case's time is not compilation
     ti0, u0 = np.asarray(test.tissue[0], np.float32), np.asarray(test.u[0], np.float32)
     for name in ("GB neural surrogate", "direct inverse prediction", "CMA-ES neural surrogate"):
-        methods[name](ti0, u0)
+        all_methods[name](ti0, u0)
     for i in range(cases):
         tissue, u_true, truth = np.asarray(test.tissue[i], np.float32), np.asarray(test.u[i], np.float64), test.theta[i]
         for name, run in methods.items():
@@ -167,6 +174,8 @@ def main():
     for name in methods:
         print(f"| {name} | {col(name, 'mse', 1e3)} | {col(name, 'mae', 1e3)} | {col(name, 'mse_norm', 1e8)} | "
               f"{col(name, 'mae_norm', 1e8)} | {col(name, 'ncc')} | {col(name, 'wall_s')} | {col(name, 'evaluations')} |")
+    if not {"hybrid", "classical"} <= set(args.methods):
+        return
     hybrid = np.array([r["wall_s"] for r in rows["hybrid (direct + GB)"]])
     classical = np.array([r["wall_s"] for r in rows["CMA-ES classical solver"]])
     ncc_h = np.array([r["ncc"] for r in rows["hybrid (direct + GB)"]])

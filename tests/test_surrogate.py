@@ -13,7 +13,7 @@ import pytest
 from bodil.forward import metrics
 from bodil.forward import surrogate as S
 from bodil.forward.dataset import DatasetSettings, generate_dataset, load_manifest, load_split
-from bodil.forward.inversion import fk_on_crop, invert_cmaes, invert_gradient
+from bodil.forward.inversion import fk_on_crop, invert_cmaes, invert_direct, invert_gradient, invert_hybrid
 from bodil.io import InputError
 
 NCC_ON_BOX = 0.9
@@ -255,6 +255,20 @@ def test_gradient_inversion_recovers_theta_of_a_surrogate_field():
     width = model.theta_upper - model.theta_lower
     assert np.all(np.abs(res.theta - truth) / width < 0.02), (res.theta, truth)
     assert res.loss < 1e-6
+
+
+def test_hybrid_keeps_the_candidate_whose_fk_run_fits_better():
+    model, encoder = _tiny(), _tiny("inverse")
+    tissue = _tissue()
+    u_obs = fk_on_crop(np.array([3.0, -1.0, 0.0, 12.0, 3.0]), tissue, model.spacing_mm).astype(np.float32)
+    direct = invert_direct(encoder, tissue, u_obs, model=model)
+    refined = invert_gradient(model, tissue, u_obs, direct.theta, maxiter=5)
+    hybrid = invert_hybrid(model, encoder, tissue, u_obs, maxiter=5)
+    misfits = [float(np.mean((r.u_final - u_obs) ** 2)) for r in (refined, direct)]
+    kept = [refined, direct][int(np.argmin(misfits))]
+    np.testing.assert_allclose(hybrid.theta, kept.theta)
+    np.testing.assert_allclose(hybrid.u_final, kept.u_final)
+    assert hybrid.evaluations == refined.evaluations + 1
 
 
 def test_cmaes_stays_in_bounds_and_lowers_the_loss():

@@ -6,7 +6,8 @@ Fisher-Kolmogorov solver at the ``theta`` it found (seed 000's final high-precis
 
 * ``gradient``: L-BFGS-B (scipy) through the frozen surrogate, with exact gradients from JAX (GB);
 * ``direct``: the inverse encoder's prediction, one network call;
-* ``hybrid``: ``direct`` initialises ``gradient``; the lower surrogate loss of the two is kept;
+* ``hybrid``: ``direct`` initialises ``gradient``; of the two, the one whose final FK run fits ``u_obs``
+  better is kept (the lower surrogate loss without final runs);
 * ``cmaes``: CMA-ES (the ``cma`` package) on the surrogate (population evaluated as one batch) or on the FK
   solver itself (the classical baseline).
 
@@ -107,13 +108,24 @@ def invert_direct(encoder: Surrogate, tissue, u_obs, *, model: Surrogate | None 
 
 def invert_hybrid(model: Surrogate, encoder: Surrogate, tissue, u_obs, *, maxiter: int = 100,
                   fk: FKSettings = FKSettings(), final_run: bool = True) -> InversionResult:
-    """Seed 000's hybrid: direct prediction, then GB from it; keeps the lower surrogate loss of the two."""
+    """Seed 000's hybrid: direct prediction, then GB from it; keeps the better of the two.
+
+    Seed 000 keeps the lower loss. With ``final_run`` both candidates get their FK run and the lower misfit of
+    those runs to ``u_obs`` decides (one FK run more): the surrogate's loss is blind to the surrogate's own
+    error, so GB can descend into a surrogate minimum that the FK solver does not share (measured on the
+    benchmark's test crops: GB from the direct prediction ending with a worse FK fit than its start). Without
+    final runs the lower surrogate loss decides. ``loss`` is the kept candidate's surrogate loss."""
     t0 = time.perf_counter()
-    direct = invert_direct(encoder, tissue, u_obs, model=model, fk=fk, final_run=False)
-    refined = invert_gradient(model, tissue, u_obs, direct.theta, maxiter=maxiter, fk=fk, final_run=False)
-    best = refined if refined.loss <= direct.loss else direct
-    z = np.asarray(model.normalise(best.theta), float)
-    return _finish("hybrid", model, z, best.loss, refined.evaluations + 1, t0, tissue, fk, final_run)
+    direct = invert_direct(encoder, tissue, u_obs, model=model, fk=fk, final_run=final_run)
+    refined = invert_gradient(model, tissue, u_obs, direct.theta, maxiter=maxiter, fk=fk, final_run=final_run)
+    if final_run:
+        u_obs64 = np.asarray(u_obs, np.float64)
+        misfit = [float(np.mean((r.u_final - u_obs64) ** 2)) for r in (refined, direct)]
+        best = refined if misfit[0] <= misfit[1] else direct
+    else:
+        best = refined if refined.loss <= direct.loss else direct
+    return InversionResult("hybrid", best.theta, best.loss, best.u_final, refined.evaluations + 1,
+                           time.perf_counter() - t0)
 
 
 def invert_cmaes(model: Surrogate, tissue, u_obs, *, classical: bool = False, sigma0: float = 0.3,
