@@ -134,7 +134,9 @@ def fit_surrogate(model: TumorModel, sbox: SurrogateBox, theta0: dict, *, maxite
             return 1e300, np.zeros_like(w)
         return v, g
 
-    res = scipy.optimize.minimize(fun, w0, jac=True, method="L-BFGS-B", options={"maxiter": maxiter})
+    # the interval likelihood is piecewise linear: the line search ends in failure at its kinks, and scipy's
+    # 20 tries per search only spend evaluations (demo patient: the same minimum, 36 evaluations instead of 71)
+    res = scipy.optimize.minimize(fun, w0, jac=True, method="L-BFGS-B", options={"maxiter": maxiter, "maxls": 8})
     theta = params.constrain({k: jnp.asarray(v) for k, v in zip(names, res.x)})
     return {k: float(v) for k, v in theta.items()}
 
