@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .dataset import FKSettings, fk_on_crop
+from .metrics import mse
 from .surrogate import Surrogate
 
 
@@ -119,8 +120,7 @@ def invert_hybrid(model: Surrogate, encoder: Surrogate, tissue, u_obs, *, maxite
     direct = invert_direct(encoder, tissue, u_obs, model=model, fk=fk, final_run=final_run)
     refined = invert_gradient(model, tissue, u_obs, direct.theta, maxiter=maxiter, fk=fk, final_run=final_run)
     if final_run:
-        u_obs64 = np.asarray(u_obs, np.float64)
-        misfit = [float(np.mean((r.u_final - u_obs64) ** 2)) for r in (refined, direct)]
+        misfit = [float(mse(r.u_final, u_obs)) for r in (refined, direct)]
         best = refined if misfit[0] <= misfit[1] else direct
     else:
         best = refined if refined.loss <= direct.loss else direct
@@ -138,14 +138,12 @@ def invert_cmaes(model: Surrogate, tissue, u_obs, *, classical: bool = False, si
 
     t0 = time.perf_counter()
     _, batch = _surrogate_functions(model, tissue, u_obs)
-    u_obs64 = np.asarray(u_obs, np.float64)
 
     def losses(zs):
         zs = np.clip(np.asarray(zs, float), -1, 1)
         if not classical:
             return [float(v) for v in np.asarray(batch(jnp.asarray(zs, jnp.float32)))]
-        return [float(np.mean((fk_on_crop(model.denormalise(z), tissue, model.spacing_mm, fk) - u_obs64) ** 2))
-                for z in zs]
+        return [float(mse(fk_on_crop(model.denormalise(z), tissue, model.spacing_mm, fk), u_obs)) for z in zs]
 
     es = cma.CMAEvolutionStrategy(np.zeros(5), sigma0, {"bounds": [-1.0, 1.0], "maxfevals": max_evaluations,
                                                         "seed": seed + 1, "verbose": -9})

@@ -41,6 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..io import InputError, atomic_path
+from .dataset import FKSettings
 
 TISSUE_THRESHOLD = 0.1
 """The output is zero where ``c_w + c_g`` is below it (the FK solver's no-flux rule)."""
@@ -79,8 +80,8 @@ def depthwise_conv3d(x, kernel):
     return y[:, p:p + x.shape[1], p:p + x.shape[2], p:p + x.shape[3]].astype(x.dtype)
 
 
-SEED_MASS, SEED_DT2 = 1500.0, 15.0
-"""``M`` and ``Dt^2`` (mm^2) of the initial condition (seed 003 eq. 27-28, ``bodil.forward.fk``)."""
+SEED_MASS, SEED_DT2 = FKSettings.mass, FKSettings.dt2
+"""``M`` and ``Dt^2`` (mm^2) of the data's initial condition (seed 003 eq. 27-28, ``FKSettings``)."""
 
 THETA_CHANNELS = ("seed", "homogeneous")
 """The input channels computed from ``theta`` (``theta_channels``)."""
@@ -344,8 +345,7 @@ class Surrogate:
 
     def normalise(self, theta):
         """Physical ``theta`` -> ``[-1, 1]`` over the training ranges."""
-        lo, hi = jnp.asarray(self.theta_lower), jnp.asarray(self.theta_upper)
-        return 2.0 * (jnp.asarray(theta) - lo) / (hi - lo) - 1.0
+        return _to_unit(jnp.asarray(theta), jnp.asarray(self.theta_lower), jnp.asarray(self.theta_upper))
 
     def denormalise(self, z):
         lo, hi = jnp.asarray(self.theta_lower), jnp.asarray(self.theta_upper)
@@ -396,6 +396,11 @@ class Surrogate:
         return path
 
 
+def _to_unit(theta, lo, hi):
+    """``[lo, hi] -> [-1, 1]`` per parameter (numpy or JAX arrays)."""
+    return 2.0 * (theta - lo) / (hi - lo) - 1.0
+
+
 def _forward(network, theta, z, tissue, arch: Architecture, spacing_mm: float):
     """The forward network on one crop at physical ``theta`` (for the theta channels) and normalised ``z``."""
     channels = theta_channels(theta, arch.size, spacing_mm, arch.theta_channels).astype(tissue.dtype)
@@ -407,7 +412,7 @@ def _predict(network, theta, tissue, lo, hi, arch, spacing):
     """``Surrogate.predict`` compiled once per shape (an eager call would compile every operation)."""
 
     def one(t, ti):
-        z = (2.0 * (t - lo) / (hi - lo) - 1.0).astype(jnp.float32)
+        z = _to_unit(t, lo, hi).astype(jnp.float32)
         return _forward(network, t, z, ti, arch, spacing)
 
     return one(theta, tissue) if theta.ndim == 1 else jax.vmap(one)(theta, tissue)
@@ -552,9 +557,6 @@ def train_surrogate(data, out, settings: TrainSettings = TrainSettings(), *, res
         return Surrogate(network=net, architecture=arch, theta_lower=lo, theta_upper=hi, spacing_mm=spacing,
                          info=info)
 
-    def z_of(theta):
-        return 2.0 * (theta - lo) / (hi - lo) - 1.0
-
     def loss_fn(net, theta_z, tissue, u):
         if arch.kind == "forward":
             pred = jax.vmap(to_model(net, False).apply)(theta_z, tissue)
@@ -575,7 +577,7 @@ def train_surrogate(data, out, settings: TrainSettings = TrainSettings(), *, res
         return jax.vmap(net)(u, tissue)
 
     def batch_arrays(split, idx):
-        return (jnp.asarray(z_of(split.theta[idx]), jnp.float32), jnp.asarray(split.tissue[idx], jnp.float32),
+        return (jnp.asarray(_to_unit(split.theta[idx], lo, hi), jnp.float32), jnp.asarray(split.tissue[idx], jnp.float32),
                 jnp.asarray(split.u[idx], jnp.float32))
 
     for epoch in range(len(history), settings.epochs):
@@ -596,7 +598,7 @@ def train_surrogate(data, out, settings: TrainSettings = TrainSettings(), *, res
             table = metrics.field_metrics(pred, np.asarray(val.u, np.float64))
             row.update({f"val_{k}": float(np.mean(v)) for k, v in table.items()})
         else:
-            row["val_mse"] = float(np.mean((pred - z_of(val.theta)) ** 2))
+            row["val_mse"] = float(np.mean((pred - _to_unit(val.theta, lo, hi)) ** 2))
         row["wall_s"] = time.perf_counter() - t0
         history.append(row)
         if progress:
