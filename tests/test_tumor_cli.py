@@ -5,6 +5,8 @@ must produce every product: the NIfTI maps on the input grid and affine, ``poste
 and a report whose PDF has all its pages. Bad input exits with status 2, a message, and no output folder.
 """
 
+import contextlib
+import io
 import json
 import re
 
@@ -13,6 +15,9 @@ import numpy as np
 import pytest
 
 from bodil.cli import main
+
+# one worker runs the module, so that its tests share the patient and the finished run (make test: --dist loadgroup)
+pytestmark = pytest.mark.xdist_group("tumor-cli")
 
 TINY = ["--grid", "8", "--time-points", "4", "--samples", "6", "--inner-iterations", "2"]
 
@@ -24,13 +29,24 @@ def patient(tmp_path_factory):
     return out
 
 
-def test_synth_then_ctv_writes_every_product(patient, tmp_path, capsys):
-    out = tmp_path / "ctv"
-    args = ["ctv", "--seg", str(patient / "seg.nii.gz"), "--wm", str(patient / "wm.nii.gz"),
+def ctv_args(patient, out, *extra):
+    return ["ctv", "--seg", str(patient / "seg.nii.gz"), "--wm", str(patient / "wm.nii.gz"),
             "--gm", str(patient / "gm.nii.gz"), "--csf", str(patient / "csf.nii.gz"), "--labels", "brats2021",
-            "--out", str(out), *TINY]
-    assert main(args) == 0
-    printed = capsys.readouterr().out
+            "--out", str(out), *TINY, *extra]
+
+
+@pytest.fixture(scope="module")
+def finished_run(patient, tmp_path_factory):
+    """One uninterrupted ``bodil ctv`` run on the patient: its output folder and what it printed."""
+    out = tmp_path_factory.mktemp("run") / "ctv"
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(ctv_args(patient, out)) == 0
+    return out, printed.getvalue()
+
+
+def test_synth_then_ctv_writes_every_product(patient, finished_run):
+    out, printed = finished_run
     assert "report:" in printed and str(out) in printed
     names = {p.name for p in out.iterdir()}
     expected = {"map_concentration.nii.gz", "posterior_mean.nii.gz", "posterior_std.nii.gz", "posterior.nc",
@@ -57,7 +73,7 @@ def test_synth_then_ctv_writes_every_product(patient, tmp_path, capsys):
     assert len(re.findall(rb"/Type\s*/Page\b", pdf)) >= 4  # summary, slices, histograms, notes
 
 
-def test_a_killed_run_resumes_to_the_same_result(patient, tmp_path, capsys):
+def test_a_killed_run_resumes_to_the_same_result(patient, finished_run, tmp_path, capsys):
     """``kill -9`` mid-BASIS (the run's own process, in its third stage) keeps ``OUT.checkpoint`` and leaves no
     ``OUT``; a second run without ``--resume`` refuses to throw the checkpoint away, one with other settings is
     refused; ``--resume`` finishes with exactly the samples of an uninterrupted run and cleans up."""
@@ -67,10 +83,9 @@ def test_a_killed_run_resumes_to_the_same_result(patient, tmp_path, capsys):
     import arviz as az
 
     def args(out, *extra):
-        return ["ctv", "--seg", str(patient / "seg.nii.gz"), "--wm", str(patient / "wm.nii.gz"),
-                "--gm", str(patient / "gm.nii.gz"), "--labels", "brats2021", "--out", str(out), *TINY, *extra]
+        return ctv_args(patient, out, *extra)
 
-    assert main(args(tmp_path / "reference")) == 0
+    reference = finished_run[0]
     out, checkpoint = tmp_path / "ctv", tmp_path / "ctv.checkpoint"
     killer = (
         "import os, signal, sys\n"
@@ -95,11 +110,11 @@ def test_a_killed_run_resumes_to_the_same_result(patient, tmp_path, capsys):
     assert "samples: 6 -> 7" in capsys.readouterr().err and checkpoint.exists()
     assert main(args(out, "--resume")) == 0
     assert not checkpoint.exists() and not list(tmp_path.glob(".ctv.tmp-*"))
-    ref, got = (az.from_netcdf(d / "posterior.nc").posterior for d in (tmp_path / "reference", out))
+    ref, got = (az.from_netcdf(d / "posterior.nc").posterior for d in (reference, out))
     for name in ("x0", "y0", "z0"):
         np.testing.assert_array_equal(got[name].values, ref[name].values)
     for name in ("ctv_probability_15mm", "posterior_mean"):
-        a, b = (np.asarray(nib.load(d / f"{name}.nii.gz").dataobj) for d in (tmp_path / "reference", out))
+        a, b = (np.asarray(nib.load(d / f"{name}.nii.gz").dataobj) for d in (reference, out))
         np.testing.assert_array_equal(a, b)
 
 

@@ -128,6 +128,12 @@ def theta_channels(theta, size: int, spacing_mm: float, names: Sequence[str] = T
     return jnp.stack(channels)
 
 
+def _normal(key, shape) -> jax.Array:
+    """``jax.random.normal(key, shape)``, drawn flat and reshaped: the same numbers, but XLA compiles the
+    flat draw in a fraction of the time (building a network went from 26 s to a few on a laptop CPU)."""
+    return jax.random.normal(key, (math.prod(shape),)).reshape(shape)
+
+
 class Pointwise(eqx.Module):
     """A 1^3 convolution: ``y_o = sum_c W_oc x_c + b_o``."""
 
@@ -135,7 +141,7 @@ class Pointwise(eqx.Module):
     bias: jax.Array
 
     def __init__(self, cin: int, cout: int, *, key, scale: float = 1.0):
-        self.weight = scale * jax.random.normal(key, (cout, cin)) / math.sqrt(cin)
+        self.weight = scale * _normal(key, (cout, cin)) / math.sqrt(cin)
         self.bias = jnp.zeros((cout,))
 
     def __call__(self, x):
@@ -173,7 +179,7 @@ class ConvNeXtBlock(eqx.Module):
 
     def __init__(self, channels: int, *, key, kernel_size: int = 7, layer_scale: float = 0.1):
         k1, k2, k3 = jax.random.split(key, 3)
-        self.kernel = jax.random.normal(k1, (channels,) + (kernel_size,) * 3) / math.sqrt(kernel_size ** 3)
+        self.kernel = _normal(k1, (channels,) + (kernel_size,) * 3) / math.sqrt(kernel_size ** 3)
         self.kernel_bias = jnp.zeros((channels,))
         self.norm = ChannelNorm(channels)
         self.expand = Pointwise(channels, 4 * channels, key=k2)
@@ -195,7 +201,7 @@ class Down(eqx.Module):
 
     def __init__(self, cin: int, cout: int, *, key):
         self.norm = ChannelNorm(cin)
-        self.weight = jax.random.normal(key, (cout, cin, 2, 2, 2)) / math.sqrt(8 * cin)
+        self.weight = _normal(key, (cout, cin, 2, 2, 2)) / math.sqrt(8 * cin)
         self.bias = jnp.zeros((cout,))
 
     def __call__(self, x):
@@ -212,7 +218,7 @@ class Up(eqx.Module):
     norm: ChannelNorm
 
     def __init__(self, cin: int, cout: int, *, key):
-        self.weight = jax.random.normal(key, (cout, cin, 2, 2, 2)) / math.sqrt(cin)
+        self.weight = _normal(key, (cout, cin, 2, 2, 2)) / math.sqrt(cin)
         self.bias = jnp.zeros((cout,))
         self.norm = ChannelNorm(cout)
 

@@ -6,6 +6,8 @@ least-squares blocks and ``S`` sums the scalar blocks (``bodil.terms``).
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
@@ -29,7 +31,8 @@ class Objective:
         return self.posterior.unconstrained_blocks(self.unravel(x))
 
     def value(self, x):
-        return terms.total(self.blocks(x))
+        """``f(x)``, compiled once per objective (called eagerly, every operation would compile on its own)."""
+        return self._compiled_value(x)
 
     def residual(self, x) -> dict:
         """``R(x)``: the scaled residuals ``sqrt(2 w) r`` of the least-squares blocks."""
@@ -41,7 +44,15 @@ class Objective:
 
     def parts(self, x) -> dict:
         """``-log p`` by group (pde, ic, data, theta) as Python floats."""
-        return {k: float(v) for k, v in terms.group_totals(self.blocks(x)).items()}
+        return {k: float(v) for k, v in self._compiled_parts(x).items()}
+
+    @functools.cached_property
+    def _compiled_value(self):
+        return jax.jit(lambda x: terms.total(self.blocks(x)))
+
+    @functools.cached_property
+    def _compiled_parts(self):
+        return jax.jit(lambda x: terms.group_totals(self.blocks(x)))
 
     def position(self, x):
         """``(u, theta)`` with theta on the constrained scale."""

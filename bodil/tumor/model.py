@@ -24,8 +24,10 @@ Only ``D T`` and ``rho T`` are identifiable from one image; ``T`` is fixed (defa
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from numpyro import distributions as dist
@@ -94,6 +96,15 @@ class TumorModel:
         """The clipped Gaussian seed of eq. 27-28 at ``theta``'s origin."""
         s = self.settings
         return clipped_gaussian_profile(theta, self.grid, ORIGIN, s["mass"], s["dt2"])
+
+    def final_log_likelihood(self, u_final, theta) -> float:
+        """``log p(D | u(T) = u_final, theta)``: the data term on the field at the imaging time."""
+        return float(self._compiled_final_log_likelihood(jnp.asarray(u_final), theta))
+
+    @functools.cached_property
+    def _compiled_final_log_likelihood(self):
+        likelihoods = self.posterior.likelihoods  # one compilation, not one per operation and shape (eager)
+        return jax.jit(lambda u_final, theta: sum(lik.log_prob(u_final[None], theta) for lik in likelihoods))
 
     def forward(self, theta, dtype=None) -> jnp.ndarray:
         """Explicit finite-difference solution (``bodil.forward.fk``) at every time node: the ODIL starting field."""
@@ -231,8 +242,7 @@ def fit_forward(model: TumorModel, theta0: dict, *, max_evaluations: int = 300) 
         theta = params.constrain({k: jnp.asarray(v) for k, v in zip(names, w)})
         full = params.merge(theta)
         u_final = model.forward(full, dtype=jnp.float64)[-1]
-        nll = -sum(float(lik.log_prob(u_final[None], full)) for lik in model.posterior.likelihoods)
-        value = nll - float(params.log_prob(theta))
+        value = -model.final_log_likelihood(u_final, full) - float(params.log_prob(theta))
         return value if np.isfinite(value) else 1e300
 
     res = scipy.optimize.minimize(objective, w0, method="Nelder-Mead",

@@ -186,7 +186,7 @@ class _ForwardLikelihood:
             u_final = self.model.forward(full, dtype=jnp.float64)[-1]
         else:
             u_final = jnp.asarray(self.field(full), jnp.float64)
-        value = sum(float(lik.log_prob(u_final[None], full)) for lik in self.model.posterior.likelihoods)
+        value = self.model.final_log_likelihood(u_final, full)
         self.evaluations += 1
         self.wall_time += time.perf_counter() - start
         return value, np.asarray(u_final, np.float32)
