@@ -23,6 +23,7 @@ docs: $(STAMP)
 benchmarks: $(STAMP)
 	$(VENV)/bin/python benchmarks/map_solvers.py
 	$(VENV)/bin/python benchmarks/inference.py
+	$(VENV)/bin/python benchmarks/tumor_calibration.py
 	$(VENV)/bin/python benchmarks/tumor.py
 	test -f benchmarks/fk32-test/manifest.json || $(VENV)/bin/bodil dataset --out benchmarks/fk32-test --size 32 \
 		--spacing 4 --train 0 --val 0 --test 100   # the shipped surrogate's held-out test split (same seed)

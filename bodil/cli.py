@@ -35,6 +35,8 @@ def _settings(args):
                               ("seed", args.seed), ("t_final", args.t_final),
                               ("inner_iterations", args.inner_iterations), ("inner", args.inner),
                               ("initializer", args.init)) if v is not None}
+    if args.error_correlation is not None:
+        over["error_correlation_mm"] = args.error_correlation or None  # 0: untempered
     return dataclasses.replace(base, **over)
 
 
@@ -169,6 +171,9 @@ def _size_options(p):
                    help="start of the MAP: 'forward' (Nelder-Mead on FK runs; default) or 'surrogate' (L-BFGS "
                         "through the neural surrogate)")
     p.add_argument("--inner-iterations", type=int, help="Gauss-Newton iterations per inner solve (default 6)")
+    p.add_argument("--error-correlation", type=float, metavar="MM",
+                   help="distance in mm over which segmentation and model errors are correlated: the posterior "
+                        "counts one independent observation per MM^3 (default 15; 0: one per voxel, untempered)")
     p.add_argument("--paper", action="store_true", help="seed 003's sizes (64^3 x 128, 512 samples; GPU)")
 
 

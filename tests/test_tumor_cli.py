@@ -5,8 +5,6 @@ must produce every product: the NIfTI maps on the input grid and affine, ``poste
 and a report whose PDF has all its pages. Bad input exits with status 2, a message, and no output folder.
 """
 
-import contextlib
-import io
 import json
 import re
 
@@ -15,9 +13,6 @@ import numpy as np
 import pytest
 
 from bodil.cli import main
-
-# one worker runs the module, so that its tests share the patient and the finished run (make test: --dist loadgroup)
-pytestmark = pytest.mark.xdist_group("tumor-cli")
 
 TINY = ["--grid", "8", "--time-points", "4", "--samples", "6", "--inner-iterations", "2"]
 
@@ -35,18 +30,16 @@ def ctv_args(patient, out, *extra):
             "--out", str(out), *TINY, *extra]
 
 
-@pytest.fixture(scope="module")
-def finished_run(patient, tmp_path_factory):
-    """One uninterrupted ``bodil ctv`` run on the patient: its output folder and what it printed."""
-    out = tmp_path_factory.mktemp("run") / "ctv"
-    printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):
-        assert main(ctv_args(patient, out)) == 0
-    return out, printed.getvalue()
+def test_synth_then_ctv_writes_every_product_and_a_killed_run_resumes_to_them(patient, tmp_path, capsys):
+    # one test, so that the kill-and-resume check reuses the uninterrupted run (a pipeline run each costs 20 s)
+    out = tmp_path / "ctv"
+    assert main(ctv_args(patient, out)) == 0
+    printed = capsys.readouterr().out
+    check_every_product(patient, out, printed)
+    check_a_killed_run_resumes_to_the_same_result(patient, out, tmp_path / "killed", capsys)
 
 
-def test_synth_then_ctv_writes_every_product(patient, finished_run):
-    out, printed = finished_run
+def check_every_product(patient, out, printed):
     assert "report:" in printed and str(out) in printed
     names = {p.name for p in out.iterdir()}
     expected = {"map_concentration.nii.gz", "posterior_mean.nii.gz", "posterior_std.nii.gz", "posterior.nc",
@@ -73,7 +66,7 @@ def test_synth_then_ctv_writes_every_product(patient, finished_run):
     assert len(re.findall(rb"/Type\s*/Page\b", pdf)) >= 4  # summary, slices, histograms, notes
 
 
-def test_a_killed_run_resumes_to_the_same_result(patient, finished_run, tmp_path, capsys):
+def check_a_killed_run_resumes_to_the_same_result(patient, reference, tmp_path, capsys):
     """``kill -9`` mid-BASIS (the run's own process, in its third stage) keeps ``OUT.checkpoint`` and leaves no
     ``OUT``; a second run without ``--resume`` refuses to throw the checkpoint away, one with other settings is
     refused; ``--resume`` finishes with exactly the samples of an uninterrupted run and cleans up."""
@@ -85,7 +78,7 @@ def test_a_killed_run_resumes_to_the_same_result(patient, finished_run, tmp_path
     def args(out, *extra):
         return ctv_args(patient, out, *extra)
 
-    reference = finished_run[0]
+    tmp_path.mkdir()
     out, checkpoint = tmp_path / "ctv", tmp_path / "ctv.checkpoint"
     killer = (
         "import os, signal, sys\n"

@@ -80,3 +80,35 @@ def test_bad_box_inputs():
         tumor_model(wm, gm[:-1], np.zeros((8,) * 3, np.int8), side)
     with pytest.raises(ValueError, match="unknown parameters"):
         tumor_model(wm, gm, np.full((8,) * 3, 2, np.int8), side, infer=("Dx",))
+
+
+def test_likelihood_weight_counts_one_observation_per_correlation_volume():
+    from bodil.tumor.pipeline import likelihood_weight
+
+    assert likelihood_weight(2.5, 10.0) == pytest.approx(2.5**3 / 1000.0)
+    assert likelihood_weight(2.5, None) == 1.0
+    assert likelihood_weight(12.0, 10.0) == 1.0  # never more than one observation per voxel
+    # the same physical length gives the same total weight whatever the resolution: w * n^3 is constant
+    assert likelihood_weight(60.0 / 24, 10.0) * 24**3 == pytest.approx(likelihood_weight(60.0 / 64, 10.0) * 64**3)
+
+
+def test_tempered_posterior_weighs_the_likelihood_by_w_and_is_wider():
+    from bodil.tumor.pipeline import MapFit, Settings, _ForwardLikelihood, sample_posterior
+
+    model, _ = synthetic(n=12, nt=9)
+    mf = MapFit(crop=None, model=model, fit=None, theta=TRUTH)
+    runs = {}
+    for ell in (None, 10.0):
+        idata, _ = sample_posterior(mf, Settings(samples=24, error_correlation_mm=ell))
+        runs[ell] = idata
+    w = runs[10.0].attrs["likelihood_weight"]
+    assert w == pytest.approx((60.0 / 12 / 10.0) ** 3) and runs[None].attrs["likelihood_weight"] == 1.0
+    # what BASIS weighed is w times the segmentation's log-likelihood of the forward run at the sample
+    untempered = _ForwardLikelihood(model.with_fixed(TRUTH, infer=ORIGIN))
+    post, stats = runs[10.0].posterior, runs[10.0].sample_stats
+    for k in range(3):
+        theta = {c: float(post[c].values.ravel()[k]) for c in ORIGIN}
+        assert float(stats["log_likelihood"].values.ravel()[k]) == pytest.approx(w * untempered(theta)[0], rel=1e-9)
+    # w = 1/8: the origin's variance grows (about 8 times for a Gaussian posterior; 24 samples)
+    var = {ell: sum(float(np.var(r.posterior[c].values)) for c in ORIGIN) for ell, r in runs.items()}
+    assert var[10.0] > 3 * var[None]

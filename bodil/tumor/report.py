@@ -83,9 +83,11 @@ MEANING = (
     "Boundary spread is the mean distance (mm) between the CTV boundaries of two plausible runs (median and "
     "95th percentile over pairs of runs); Dice compares the overlap of two runs' CTVs (1 = identical).",
     "The uncertainty shown is the spread of plausible tumour-cell infiltration given the model and the "
-    "image. It is not a measure of segmentation error (the segmentation is taken as correct), and it does "
-    "not include errors of the model itself: if the assumptions below do not hold, the true infiltration "
-    "can lie outside all contours.",
+    "image. Neighbouring voxels of a segmentation do not carry independent information, so the image is "
+    "counted as one independent observation per cube of the error-correlation length (see the run "
+    "settings), not one per voxel; this widens the spread to cover small errors of the segmentation and of "
+    "the model's resolution. It does not cover gross errors: if the assumptions below do not hold, the true "
+    "infiltration can lie outside all contours.",
 )
 ASSUMPTIONS = (
     "Tumour cells spread by Fisher-Kolmogorov growth: diffusion through brain tissue plus logistic "
