@@ -15,7 +15,7 @@ demo: $(STAMP)
 	$(VENV)/bin/bodil demo
 
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest -q -n 2 --dist loadgroup --durations=15
+	$(VENV)/bin/python -m pytest -q -n 2 --durations=15
 
 docs: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site

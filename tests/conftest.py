@@ -1,5 +1,22 @@
-"""Tests run in float64: Hessians and tight tolerances need it. bodil itself never sets this globally."""
+"""Tests run in float64: Hessians and tight tolerances need it. bodil itself never sets this globally.
 
-import jax
+Compiled XLA programs are cached on disk for the session (``.pytest_cache/jax``), so that the processes of one
+run share them: the two xdist workers, the notebook kernels and the subprocess of the killed-run test compile
+the same tumour pipeline and the same small problems (a second ``bodil ctv`` on the tiny grid: 26 s -> 17 s).
+The variables are inherited by those processes; a fresh clone starts with an empty cache.
+"""
+
+import os
+import pathlib
+
+for name, value in (("JAX_COMPILATION_CACHE_DIR", str(pathlib.Path(__file__).parent.parent / ".pytest_cache" / "jax")),
+                    ("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0"),
+                    ("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")):
+    os.environ.setdefault(name, value)
+
+import jax  # noqa: E402  (after the cache variables)
 
 jax.config.update("jax_enable_x64", True)
+jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])  # if jax came in first
+jax.config.update("jax_persistent_cache_min_compile_time_secs", float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]))
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", int(os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"]))
