@@ -10,8 +10,9 @@ The stages (seed 003 sec. 3.4; each with its own progress bar):
    by Gauss-Newton (ODIL) from the forward solution;
 4. posterior: BASIS (``beta = 0.2``, ``gamma = 1.5``, ``l_max = 1``) on the mode approximation of
    ``p(x0, y0, z0 | D)`` with the other parameters at their MAP values (by default its
-   ``lambda_PDE -> infinity`` limit, a forward run per evaluation; ``Settings.inner``); each sample keeps
-   its concentration at the imaging time;
+   ``lambda_PDE -> infinity`` limit, a forward run per evaluation; ``Settings.inner``), its likelihood
+   counting one independent observation per ``(15 mm)^3`` rather than per voxel
+   (``Settings.error_correlation_mm``); each sample keeps its concentration at the imaging time;
 5. CTVs: for each margin (10, 15, 20 mm) the standard plan and every sample's model CTV of equal volume,
    on the input grid (``bodil.tumor.ctv``);
 6. files: NIfTI maps, ``posterior.nc`` (InferenceData), ``summary.json`` and the report (PDF, HTML), all
