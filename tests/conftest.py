@@ -20,3 +20,27 @@ jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])  # if jax came in first
 jax.config.update("jax_persistent_cache_min_compile_time_secs", float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]))
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", int(os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"]))
+
+import pytest  # noqa: E402
+
+# Global state a test may read but must leave as it found it (the suite's order must not matter).
+_JAX_FLAGS = ("jax_enable_x64", "jax_default_matmul_precision", "jax_numpy_rank_promotion", "jax_debug_nans",
+              "jax_disable_jit", "jax_platforms")
+
+
+def _snapshot():
+    env = {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"}  # pytest's own bookkeeping
+    return {name: getattr(jax.config, name, None) for name in _JAX_FLAGS}, env
+
+
+@pytest.fixture(autouse=True)
+def _global_state_is_restored(request):
+    """Fail a test that leaves JAX's configuration or the environment changed (``monkeypatch`` restores its
+    changes before this check runs)."""
+    before_flags, before_env = _snapshot()
+    yield
+    after_flags, after_env = _snapshot()
+    changed = {k: (before_flags[k], after_flags[k]) for k in _JAX_FLAGS if before_flags[k] != after_flags[k]}
+    changed.update({f"${k}": (before_env.get(k), after_env.get(k))
+                    for k in set(before_env) | set(after_env) if before_env.get(k) != after_env.get(k)})
+    assert not changed, f"{request.node.nodeid} left global state changed (before, after): {changed}"

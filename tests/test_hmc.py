@@ -1,10 +1,10 @@
 """HMC / NUTS through numpyro and blackjax (``bodil.inference.hmc``).
 
-Sampler tests compare with exact answers at a tolerance fixed in advance from the effective sample size:
-a Monte Carlo estimate ``m`` of ``E[f]`` has standard error ``se = sd(f) / sqrt(ESS(f))``, and each pre-declared
-summary must satisfy ``|m - E[f]| < 3 se`` (two-sided false-alarm rate 0.27% per comparison if the sampler is
-right). For a variance we estimate ``E[(x - mu)^2]`` with the exact mean ``mu``, so ``f = (x - mu)^2`` and the
-same rule applies with the ESS of ``f``. Seeds are fixed and were not tuned.
+Sampler tests compare with exact answers at bounds fixed in advance (``tests/montecarlo.py``): each test
+function makes ``K`` pre-declared comparisons ``|estimate - exact| < z se`` with ``z`` the Bonferroni bound for
+a false-alarm rate of 1e-4 for the whole function, and ``se`` the standard error of the estimator compared
+(a mean: ``sd(x) / sqrt(ESS(x))``; a variance ``E[(x - mu)^2]`` with the exact ``mu``: ``sd(f) / sqrt(ESS(f))``
+with ``f = (x - mu)^2``). Seeds are fixed and were not tuned.
 """
 
 import arviz as az
@@ -17,6 +17,7 @@ from jax.flatten_util import ravel_pytree
 from bodil import Grid, Normal, Params, PDEPrior, Posterior, Uniform
 from bodil.cases import linear_gaussian, oscillator
 from bodil.inference.hmc import hmc
+from montecarlo import FAMILY_RATE, z_bound, z_mean, z_variance
 
 BACKENDS = ("numpyro", "blackjax")
 
@@ -33,16 +34,6 @@ def gaussian_posterior(n: int = 6, residual=None) -> tuple[Posterior, tuple]:
     return post, (jnp.asarray(mu), {"s": jnp.asarray(1.0), "w": jnp.asarray(0.5)})
 
 
-def z_score(draws, mean, var=None):
-    """``(estimate - exact) / se`` for the mean (``var=None``) or for ``E[(x - mean)^2] = var``.
-
-    ``draws`` has shape ``(chain, draw)``; ``se = sd(f) / sqrt(ESS(f))`` with arviz's ESS for a mean."""
-    f = np.asarray(draws) if var is None else (np.asarray(draws) - mean) ** 2
-    target = mean if var is None else var
-    ess = float(az.ess(f, method="mean"))
-    return (f.mean() - target) / (f.std() / np.sqrt(ess))
-
-
 # ---------------------------------------------------------------------- correctness against exact answers
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_nuts_matches_the_closed_form_linear_gaussian_posterior(backend):
@@ -53,18 +44,20 @@ def test_nuts_matches_the_closed_form_linear_gaussian_posterior(backend):
     mode = (jnp.asarray(exact["mean"][:n].reshape(grid.shape)), {"s": jnp.asarray(exact["mean"][n])})  # the MAP
     idata = hmc(post, mode, backend=backend, num_warmup=300, num_samples=1000, seed=1)
     measured = {(int(i), int(j)) for i, j in zip(problem.data["it"], problem.data["ix"])}
-    # Four pre-declared scalars (8 comparisons per backend): the source s, a measured node, an unmeasured
-    # node at the final time and an unmeasured node at t = 0 (the initial condition).
+    # Four pre-declared scalars, mean and variance of each: K = 8 comparisons per backend, family-wise false
+    # alarm 1e-4 (z = 4.37): the source s, a measured node, an unmeasured node at the final time and an
+    # unmeasured node at t = 0 (the initial condition).
     nodes = {"measured": (int(problem.data["it"][0]), int(problem.data["ix"][0])), "unmeasured": (8, 3),
              "initial": (0, 0)}
     assert nodes["unmeasured"] not in measured and nodes["initial"] not in measured
     series = {"s": (idata.posterior["s"].values, n)}
     for name, (i, j) in nodes.items():
         series[name] = (idata.posterior["u"].values[:, :, i, j], np.ravel_multi_index((i, j), grid.shape))
+    z = z_bound(8, FAMILY_RATE)
     for name, (draws, k) in series.items():
         mean, var = exact["mean"][k], exact["cov"][k, k]
-        assert abs(z_score(draws, mean)) < 3, (backend, name, "mean", z_score(draws, mean))
-        assert abs(z_score(draws, mean, var)) < 3, (backend, name, "variance", z_score(draws, mean, var))
+        assert abs(z_mean(draws, mean)) < z, (backend, name, "mean", z_mean(draws, mean))
+        assert abs(z_variance(draws, mean, var)) < z, (backend, name, "variance", z_variance(draws, mean, var))
     ss = idata.sample_stats
     assert not ss["diverging"].values.any()
     assert set(ss.data_vars) == {"diverging", "acceptance_rate", "step_size", "n_steps", "energy", "lp", "tree_depth"}
@@ -78,7 +71,7 @@ def test_nuts_matches_the_closed_form_linear_gaussian_posterior(backend):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_static_hmc_without_adaptation_samples_a_known_gaussian(backend):
     """Seed 003's kind of run (static HMC, fixed step, identity mass, no warmup) on a known target:
-    6 comparisons per backend at 3 standard errors.
+    mean and variance of three scalars, K = 6 comparisons per backend at family-wise false alarm 1e-4.
 
     The path length eps L = 2 turns the unit-frequency modes by about 2 rad per proposal: static HMC with a
     path near pi maps x to about 2 mu - x whatever the momentum, so |x - mu| would hardly mix."""
@@ -90,9 +83,10 @@ def test_static_hmc_without_adaptation_samples_a_known_gaussian(backend):
     p = idata.posterior
     checks = {"s": (p["s"].values, 1.0, 4.0), "u[0]": (p["u"].values[..., 0], -1.0, 1.0),
               "w": (p["w"].values, 0.5, 1.0 / 12.0)}
+    z = z_bound(6, FAMILY_RATE)
     for name, (draws, mean, var) in checks.items():
-        assert abs(z_score(draws, mean)) < 3, (backend, name, "mean", z_score(draws, mean))
-        assert abs(z_score(draws, mean, var)) < 3, (backend, name, "variance", z_score(draws, mean, var))
+        assert abs(z_mean(draws, mean)) < z, (backend, name, "mean", z_mean(draws, mean))
+        assert abs(z_variance(draws, mean, var)) < z, (backend, name, "variance", z_variance(draws, mean, var))
     assert np.all(idata.sample_stats["n_steps"].values == 10)
     assert np.all(idata.sample_stats["step_size"].values == 0.2)
     assert float(az.rhat(idata)["s"]) < 1.05 and idata.posterior["u"].dims == ("chain", "draw", "t")
@@ -174,9 +168,12 @@ def test_oscillator_with_seed_003_settings():
     half = hmc(problem.posterior, fit, backend="blackjax", kernel="hmc", step_size=0.004, num_steps=10,
                adapt=False, num_warmup=0, num_samples=1000, seed=3)
     acceptance = float(half.sample_stats["acceptance_rate"].mean())
-    assert 0.5 < acceptance < 0.8, acceptance  # 0.66 expected; its Monte Carlo error here is about 0.01
-    summary = az.summary(half, var_names=["omega2"])
-    assert 0.9 < summary.loc["omega2", "mean"] < 1.2
+    # 0.66 is the acceptance of the Gaussian with this Hessian, not of the posterior itself: the range is that
+    # model's error, not a Monte Carlo bound (the Monte Carlo error of the rate is about 0.01).
+    assert 0.5 < acceptance < 0.8, acceptance
+    # No moment of omega^2 is compared here: with a path of 10 x 0.004 the chain barely moves omega^2 (exact
+    # posterior sd 0.105, ESS about 10 of 1000 draws), so its mean says nothing about correctness. The NUTS
+    # and static-HMC tests above compare moments with exact posteriors.
 
 
 # ---------------------------------------------------------------------- output, reproducibility, errors

@@ -34,27 +34,23 @@ def test_homogeneous_channel_solves_the_linearised_fk_equation():
     """``s`` of the homogeneous channel, with ``mu_D^2 = D t`` and ``mu_rho^2 = rho t``, satisfies
     ``s_t = D lap s + rho s`` (checked by automatic differentiation) and starts as the seed ``M / (4 pi Dt^2)^{3/2}
     exp(-r^2 / (4 Dt^2))`` of ``bodil.forward.fk.fk_initial_condition``; the channel is ``s / (1 + s)``."""
-    jax.config.update("jax_enable_x64", True)
-    try:
-        d, rho = 40.0, 9.0
+    d, rho = 40.0, 9.0
 
-        def s(x, t):
-            return jnp.exp(S.linearised_log_concentration(jnp.sum(x ** 2), jnp.sqrt(d * t), jnp.sqrt(rho * t)))
+    def s(x, t):
+        return jnp.exp(S.linearised_log_concentration(jnp.sum(x ** 2), jnp.sqrt(d * t), jnp.sqrt(rho * t)))
 
-        for x, t in [(jnp.array([3.0, -2.0, 5.0]), 0.3), (jnp.array([10.0, 4.0, -8.0]), 1.0)]:
-            s_t = jax.grad(s, argnums=1)(x, t)
-            lap = jnp.trace(jax.hessian(s)(x, t))
-            np.testing.assert_allclose(s_t, d * lap + rho * s(x, t), rtol=1e-10)
-        x = jnp.array([2.0, 1.0, 0.0])
-        seed = S.SEED_MASS / (4 * np.pi * S.SEED_DT2) ** 1.5 * np.exp(-5.0 / (4 * S.SEED_DT2))
-        np.testing.assert_allclose(s(x, 0.0), seed, rtol=1e-12)
-        ch = S.theta_channels(jnp.array([4.0, 0.0, 0.0, 10.0, 3.0]), 4, 4.0)  # centres -6, -2, 2, 6 mm
-        r2 = (2.0 - 4.0) ** 2 + 2 * 2.0 ** 2  # voxel (2, 1, 2)
-        log_s = S.linearised_log_concentration(r2, 10.0, 3.0)
-        np.testing.assert_allclose(ch[1, 2, 1, 2], 1 / (1 + np.exp(-log_s)), rtol=1e-6)
-        np.testing.assert_allclose(ch[0, 2, 1, 2], np.exp(-r2 / (4 * S.SEED_DT2)), rtol=1e-6)
-    finally:
-        jax.config.update("jax_enable_x64", False)
+    for x, t in [(jnp.array([3.0, -2.0, 5.0]), 0.3), (jnp.array([10.0, 4.0, -8.0]), 1.0)]:
+        s_t = jax.grad(s, argnums=1)(x, t)
+        lap = jnp.trace(jax.hessian(s)(x, t))
+        np.testing.assert_allclose(s_t, d * lap + rho * s(x, t), rtol=1e-10)
+    x = jnp.array([2.0, 1.0, 0.0])
+    seed = S.SEED_MASS / (4 * np.pi * S.SEED_DT2) ** 1.5 * np.exp(-5.0 / (4 * S.SEED_DT2))
+    np.testing.assert_allclose(s(x, 0.0), seed, rtol=1e-12)
+    ch = S.theta_channels(jnp.array([4.0, 0.0, 0.0, 10.0, 3.0]), 4, 4.0)  # centres -6, -2, 2, 6 mm
+    r2 = (2.0 - 4.0) ** 2 + 2 * 2.0 ** 2  # voxel (2, 1, 2)
+    log_s = S.linearised_log_concentration(r2, 10.0, 3.0)
+    np.testing.assert_allclose(ch[1, 2, 1, 2], 1 / (1 + np.exp(-log_s)), rtol=1e-6)
+    np.testing.assert_allclose(ch[0, 2, 1, 2], np.exp(-r2 / (4 * S.SEED_DT2)), rtol=1e-6)
 
 
 def _tiny(kind="forward", size=16):
@@ -297,32 +293,28 @@ def test_surrogate_box_places_the_tumour_where_the_fk_solver_does(demo_patient):
     from bodil.tumor.model import tumor_model
     from bodil.tumor.surrogate import surrogate_box
 
-    jax.config.update("jax_enable_x64", True)
-    try:
-        anatomy, patient = demo_patient
-        tumour = patient.labels > 0
-        crop = crop_around(tumour, anatomy.affine, scale=1.5, n=24)
-        box = anatomy.crop(crop)
-        classes = np.rint(crop.to_box(np.where(np.isin(patient.labels, [1, 4]), 2, (patient.labels == 2) * 1.0),
-                                      order=0)).astype(np.int8)
-        model = tumor_model(box.wm, box.gm, classes, crop.side_mm, nt=4, infer=("Dw", "rho", "x0", "y0", "z0"))
-        sbox = surrogate_box(model, S.pretrained("forward"), anatomy, tumour, crop)
-        t = patient.truth
-        origin = crop.world_to_box(np.asarray(t["origin_world"]))
-        theta = {"Dw": t["dw"], "rho": t["rho"], "ratio": 10.0, **dict(zip(("x0", "y0", "z0"), origin))}
-        assert sbox.in_range(theta)
-        u_fk = np.asarray(model.forward(model.posterior.params.merge(
-            {k: jnp.asarray(theta[k]) for k in ("Dw", "rho", "x0", "y0", "z0")}))[-1])
-        field = jax.jit(sbox.field)
-        u_s = np.asarray(field(theta))
-        good = metrics.ncc(u_s, u_fk)
-        assert good > NCC_ON_BOX, good
-        for axis in ("x0", "y0", "z0"):
-            for step in (-10.0, 10.0):
-                moved = np.asarray(field(dict(theta, **{axis: theta[axis] + step})))
-                assert metrics.ncc(moved, u_fk) < good
-    finally:
-        jax.config.update("jax_enable_x64", False)
+    anatomy, patient = demo_patient
+    tumour = patient.labels > 0
+    crop = crop_around(tumour, anatomy.affine, scale=1.5, n=24)
+    box = anatomy.crop(crop)
+    classes = np.rint(crop.to_box(np.where(np.isin(patient.labels, [1, 4]), 2, (patient.labels == 2) * 1.0),
+                                  order=0)).astype(np.int8)
+    model = tumor_model(box.wm, box.gm, classes, crop.side_mm, nt=4, infer=("Dw", "rho", "x0", "y0", "z0"))
+    sbox = surrogate_box(model, S.pretrained("forward"), anatomy, tumour, crop)
+    t = patient.truth
+    origin = crop.world_to_box(np.asarray(t["origin_world"]))
+    theta = {"Dw": t["dw"], "rho": t["rho"], "ratio": 10.0, **dict(zip(("x0", "y0", "z0"), origin))}
+    assert sbox.in_range(theta)
+    u_fk = np.asarray(model.forward(model.posterior.params.merge(
+        {k: jnp.asarray(theta[k]) for k in ("Dw", "rho", "x0", "y0", "z0")}))[-1])
+    field = jax.jit(sbox.field)
+    u_s = np.asarray(field(theta))
+    good = metrics.ncc(u_s, u_fk)
+    assert good > NCC_ON_BOX, good
+    for axis in ("x0", "y0", "z0"):
+        for step in (-10.0, 10.0):
+            moved = np.asarray(field(dict(theta, **{axis: theta[axis] + step})))
+            assert metrics.ncc(moved, u_fk) < good
 
 
 def test_ctv_command_runs_on_the_surrogate(demo_patient, tmp_path):

@@ -25,13 +25,22 @@ Two paths share one result type, ``Laplace``:
   The few parameters enter through the Schur complement ``S = H_tt - H_ut^T H_uu^{-1} H_ut``:
   ``Cov(theta) = S^{-1}``, ``Cov(u) = H_uu^{-1} + W S^{-1} W^T`` with ``W = H_uu^{-1} H_ut``.
 
-The log-evidence treats the PDE prior on the field as normalised given theta (seed 003 eq. 7: ``Z`` does not
-depend on u or theta), ``p(u | theta) = exp(-beta L_PDE - beta_IC L_IC) det(P)^{1/2} (2 pi)^{-n/2}``:
+The log-evidence uses the same density as the MAP, the samplers and the Hessian (Amoudruz et al., B-ODIL,
+eq. 7: the PDE prior's normaliser ``Z`` depends on neither u nor theta), so the joint prior is
 
-    log p(D) ~ -f(v*) + (p / 2) log(2 pi) - 1/2 log det H + 1/2 log det P
-             = -f(v*) + (p / 2) log(2 pi) - 1/2 sum_i log(1 + lambda_i) - 1/2 log det S,
+    p(u, theta) = exp(-beta L_PDE(u, theta) - beta_IC L_IC(u, theta)) p(theta) / Z,
+    Z = int int exp(-beta L_PDE - beta_IC L_IC) p(theta) du dtheta = E_p(theta)[Z(theta)],
 
-with ``p`` the number of parameters. It needs a proper field prior (``P`` positive definite, e.g. an
+with ``Z(theta) = (2 pi)^{n/2} det P(theta)^{-1/2}`` (exact for residuals linear in ``u`` that can vanish;
+``P`` taken at the MAP field otherwise). With ``r(theta) = det P(theta)^{-1/2} / det P(theta*)^{-1/2}``:
+
+    log p(D) ~ -f(v*) + (p / 2) log(2 pi) - 1/2 log det H + 1/2 log det P(theta*) - log E_p(theta)[r(theta)]
+             = -f(v*) + (p / 2) log(2 pi) - 1/2 sum_i log(1 + lambda_i) - 1/2 log det S - log E[r],
+
+with ``p`` the number of parameters (``bodil.inference.prior_normaliser``). Where ``P`` does not depend on
+theta (theta only in sources, data or initial-state targets) ``E[r] = 1``; otherwise the dense path
+evaluates it at scrambled Sobol points of the parameter prior and the low-rank path, which cannot form
+``det P(theta)``, gives ``nan``. It needs a proper field prior (``P`` positive definite, e.g. an
 initial-condition term); otherwise ``log_evidence`` is ``nan`` and ``evidence_note`` says why.
 
 Everything runs in the dtype of the MAP; use float64 (``jax.config.update("jax_enable_x64", True)``)
@@ -56,6 +65,7 @@ from ..optimize.cg import truncated_cg
 from ..optimize.objective import Objective
 from ..optimize.preconditioner import _time_march, applies_time_marching
 from ..terms import Squares
+from .prior_normaliser import field_prior_normaliser
 
 PRIOR_GROUPS = ("pde", "ic")
 DENSE_MAX = 4000
@@ -124,7 +134,7 @@ class Laplace:
 
 def laplace(posterior, fit, theta=None, *, method: str = "auto", hessian: str | None = None, rank: int = 50,
             oversampling: int = 10, prior_variance: str | int = "auto", seed: int = 0,
-            solver_rtol: float = 1e-12) -> Laplace:
+            solver_rtol: float = 1e-12, normaliser_draws: int = 64) -> Laplace:
     """Laplace approximation of ``posterior`` at the MAP ``fit`` (a ``MAPResult`` or a field ``u`` with ``theta``).
 
     Args:
@@ -135,8 +145,10 @@ def laplace(posterior, fit, theta=None, *, method: str = "auto", hessian: str | 
         prior_variance: low-rank: ``"exact"`` (``n`` solves with ``P``), an integer ``K`` (estimate
             ``diag(P^{-1})`` from ``K`` exact prior samples, relative error about ``sqrt(2/K)``) or
             ``"auto"`` (exact up to 20000 field unknowns, else 256 samples).
-        seed: random probes of the low-rank path and prior-variance samples.
+        seed: random probes of the low-rank path, prior-variance samples and the normaliser's points.
         solver_rtol: relative tolerance of the ``P^{-1}`` solves.
+        normaliser_draws: points of the parameter prior (scrambled Sobol) at which ``det P(theta)`` is evaluated
+            when the field prior's curvature depends on theta (dense path; see the module doc).
     """
     start = time.perf_counter()
     if hasattr(fit, "u") and hasattr(fit, "theta"):
@@ -165,19 +177,21 @@ def laplace(posterior, fit, theta=None, *, method: str = "auto", hessian: str | 
     p = n - n_field
     if method == "dense":
         gauss = _Dense(ops, hessian)
-        log_det_h = gauss.log_det
-        log_det_p, note = ops.dense_prior_logdet(hessian)
-        log_ev = -f_star + 0.5 * p * math.log(2 * math.pi) - 0.5 * log_det_h + 0.5 * log_det_p
         spectrum, var_method = None, "exact"
     else:
         gauss = _LowRank(ops, posterior, rank, oversampling, prior_variance, seed, solver_rtol)
-        note = ""
-        log_ev = (-f_star + 0.5 * p * math.log(2 * math.pi) - 0.5 * float(jnp.sum(jnp.log1p(gauss.eigenvalues)))
-                  - 0.5 * gauss.log_det_schur)
         spectrum, var_method = gauss.spectrum(), gauss.variance_method
+    norm = field_prior_normaliser(ops, posterior.params, method, hessian, seed, normaliser_draws)
+    note = norm.note
+    if method == "dense":
+        log_det_h_over_p = gauss.log_det - norm.log_det_p
+    else:  # det H = det P(theta*) prod(1 + lambda_i) det S
+        log_det_h_over_p = float(jnp.sum(jnp.log1p(gauss.eigenvalues))) + gauss.log_det_schur
+    log_ev = -f_star + 0.5 * p * math.log(2 * math.pi) - 0.5 * log_det_h_over_p - norm.log_mean_ratio
     if note:
         log_ev = float("nan")
-    info = {"n_field": n_field, "n_theta": p, "wall_time": time.perf_counter() - start, "neg_log_density": f_star}
+    info = {"n_field": n_field, "n_theta": p, "wall_time": time.perf_counter() - start, "neg_log_density": f_star,
+            "prior_normaliser": norm.info}
     return Laplace(method=method, hessian=hessian, log_evidence=float(log_ev), evidence_note=note, spectrum=spectrum,
                    variance_method=var_method, info=info, _x=x, _unravel=unravel,
                    _theta_names=tuple(theta), _gauss=gauss)
@@ -245,22 +259,27 @@ class _Operators:
         """Restrict a full-space operator to the field block."""
         return lambda v_u: op(self.embed(v_u))[: self.n_field]
 
-    def dense_prior_logdet(self, hessian: str) -> tuple[float, str]:
-        """``log det P`` of the field's PDE-prior curvature, or ``nan`` and why."""
+    def prior_logdet(self, hessian: str):
+        """A compiled ``x -> log det P(x)`` of the field's PDE-prior curvature at the point ``x`` (``nan`` where
+        ``P`` is not positive definite): the exact Hessian of the prior terms in ``u`` or their Gauss-Newton part."""
         eye = jnp.eye(self.n_field, dtype=self.x.dtype)
-        if hessian == "exact":
-            def prior_value(v_u):
-                v = self.embed(v_u) + self.x
-                return sum((b.value() for k, b in self.blocks(v).items() if k.split("/", 1)[0] in PRIOR_GROUPS),
-                           jnp.zeros((), v.dtype))
-            P = jax.jit(jax.hessian(prior_value))(jnp.zeros(self.n_field, self.x.dtype))
-        else:
-            P = jax.jit(lambda x: jax.vmap(_field_prior(self.at(x)))(eye))(self.x)
-        chol = jnp.linalg.cholesky(0.5 * (P + P.T))
-        if not bool(jnp.all(jnp.isfinite(chol))):
-            return float("nan"), ("the PDE prior on the field is improper (its curvature is singular: no "
-                                  "initial-condition term?), so the evidence is undefined")
-        return float(2.0 * jnp.sum(jnp.log(jnp.diag(chol)))), ""
+
+        def logdet(x):
+            if hessian == "exact":
+                def prior_value(v_u):
+                    v = self.embed(v_u) + x
+                    return sum((b.value() for k, b in self.blocks(v).items() if k.split("/", 1)[0] in PRIOR_GROUPS),
+                               jnp.zeros((), v.dtype))
+                P = jax.hessian(prior_value)(jnp.zeros(self.n_field, x.dtype))
+            else:
+                P = jax.vmap(_field_prior(self.at(x)))(eye)
+            chol = jnp.linalg.cholesky(0.5 * (P + P.T))
+            return jnp.where(jnp.all(jnp.isfinite(chol)), 2.0 * jnp.sum(jnp.log(jnp.diag(chol))), jnp.nan)
+        return jax.jit(logdet)
+
+    def prior_products(self):
+        """A compiled ``(x, vs) -> P(x) v`` for the rows ``v`` of ``vs`` (the field block)."""
+        return jax.jit(lambda x, vs: jax.vmap(_field_prior(self.at(x)))(vs))
 
 
 def _cholesky(matrix, what: str):

@@ -1,0 +1,101 @@
+"""The PDE prior's normaliser over ``(u, theta)``, for the Laplace evidence (Amoudruz et al., B-ODIL, eq. 7).
+
+The MAP, the samplers and the Laplace Hessian all use ``exp(-beta L_PDE(u, theta) - beta_IC L_IC(u, theta))
+p(theta)`` with one constant ``Z``, independent of u and theta. For ``p(u, theta)`` to be a density,
+
+    Z = int p(theta) Z(theta) dtheta,   Z(theta) = int exp(-beta L_PDE - beta_IC L_IC) du
+                                                 = (2 pi)^{n/2} det P(theta)^{-1/2},
+
+``P(theta)`` the curvature of the prior terms in ``u`` (exact for residuals linear in ``u`` that can vanish;
+taken at the MAP field otherwise). Relative to the MAP's ``theta*``,
+
+    log Z = (n / 2) log(2 pi) - 1/2 log det P(theta*) + log E_p(theta)[(det P(theta) / det P(theta*))^{-1/2}].
+
+The last term is zero when ``P`` does not depend on theta (a source, an initial-state target or the data's
+parameters); it is checked at two prior points. Otherwise it is the mean over ``K`` scrambled Sobol points of
+the prior (``icdf`` of each prior; plain draws for priors without one), which needs ``det P(theta)``: dense
+problems only. Treating the prior as normalised at ``theta*`` alone would instead give the evidence of a model
+whose prior on theta is tilted by ``Z(theta)``, inconsistent with the density that was maximised.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.flatten_util import ravel_pytree
+from scipy import stats
+from scipy.special import logsumexp
+
+IMPROPER = ("the PDE prior on the field is improper (its curvature is singular: no initial-condition term?), so "
+            "the evidence is undefined")
+
+
+class PriorNormaliser(NamedTuple):
+    """``log det P(theta*)`` (dense path; ``nan`` on the low-rank path, which cancels it), the term
+    ``log E_p(theta)[(det P(theta) / det P(theta*))^{-1/2}]``, a note (non-empty: the evidence is undefined)
+    and diagnostics (``theta_dependent``, ``points``, ``log_det_p_range``)."""
+
+    log_det_p: float
+    log_mean_ratio: float
+    note: str
+    info: dict
+
+
+def prior_points(params, seed: int, num: int, dtype) -> list[dict]:
+    """``num`` points of the parameter prior: scrambled Sobol points through each prior's ``icdf`` (plain
+    draws from priors that have none), as constrained ``theta`` dicts."""
+    sizes = {k: int(np.prod(d.batch_shape + d.event_shape, dtype=int)) for k, d in params.priors.items()}
+    unit = stats.qmc.Sobol(sum(sizes.values()), scramble=True, seed=seed).random(num)
+    key, out, start = jax.random.key(seed), {}, 0
+    for k, d in params.priors.items():
+        shape = (num,) + d.batch_shape + d.event_shape
+        q = jnp.asarray(unit[:, start:start + sizes[k]].reshape(shape), dtype)
+        start += sizes[k]
+        try:
+            out[k] = jnp.asarray(d.icdf(q), dtype)
+        except NotImplementedError:
+            key, sub = jax.random.split(key)
+            out[k] = jnp.asarray(d.sample(sub, (num,)), dtype)
+    return [{k: v[i] for k, v in out.items()} for i in range(num)]
+
+
+def field_prior_normaliser(ops, params, method: str, hessian: str, seed: int, num: int) -> PriorNormaliser:
+    """The normaliser terms of the module doc at the MAP of ``ops`` (``bodil.inference.laplace._Operators``)."""
+    n_theta = ops.x.size - ops.n_field
+    dense = method == "dense"
+    log_det = ops.prior_logdet(hessian) if dense else None
+    ld_star = float(log_det(ops.x)) if dense else math.nan
+    if dense and not math.isfinite(ld_star):
+        return PriorNormaliser(math.nan, math.nan, IMPROPER, {})
+    if n_theta == 0:
+        return PriorNormaliser(ld_star, 0.0, "", {"theta_dependent": False})
+    u, _ = ops.unravel(ops.x)
+    points = [ravel_pytree((u, th))[0] for th in prior_points(params, seed, num, ops.x.dtype)]
+    if dense:
+        def same(x):
+            return abs(float(log_det(x)) - ld_star) <= 1e-10 * max(1.0, abs(ld_star))
+    else:
+        products = ops.prior_products()
+        probes = jax.random.normal(jax.random.key(seed), (4, ops.n_field), ops.x.dtype)
+        at_map = products(ops.x, probes)
+
+        def same(x):
+            return float(jnp.max(jnp.abs(products(x, probes) - at_map))) <= 1e-10 * float(jnp.max(jnp.abs(at_map)))
+    if all(same(x) for x in points[:2]):
+        return PriorNormaliser(ld_star, 0.0, "", {"theta_dependent": False})
+    if not dense:
+        return PriorNormaliser(math.nan, math.nan,
+                               "the PDE prior's curvature P depends on the parameters, so the evidence needs "
+                               "E_p(theta)[det P(theta)^(-1/2)], which the low-rank path cannot form; use "
+                               "method='dense' (a smaller grid)", {"theta_dependent": True})
+    ld = np.array([float(log_det(x)) for x in points])
+    if not np.all(np.isfinite(ld)):
+        return PriorNormaliser(math.nan, math.nan, IMPROPER + " at some parameters of the prior",
+                               {"theta_dependent": True})
+    log_mean_ratio = float(logsumexp(-0.5 * (ld - ld_star)) - math.log(len(ld)))
+    return PriorNormaliser(ld_star, log_mean_ratio, "",
+                           {"theta_dependent": True, "points": len(ld), "log_det_p_range": (ld.min(), ld.max())})
