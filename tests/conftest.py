@@ -44,3 +44,19 @@ def _global_state_is_restored(request):
     changed.update({f"${k}": (before_env.get(k), after_env.get(k))
                     for k in set(before_env) | set(after_env) if before_env.get(k) != after_env.get(k)})
     assert not changed, f"{request.node.nodeid} left global state changed (before, after): {changed}"
+
+
+def pytest_addoption(parser):
+    parser.addoption("--order", default="file", metavar="file|reverse|SEED",
+                     help="run the tests in file order (default), reversed, or shuffled by an integer seed: the "
+                          "suite must pass in any order")
+
+
+def pytest_collection_modifyitems(config, items):
+    order = config.getoption("--order")
+    if order == "reverse":
+        items.reverse()
+    elif order != "file":
+        import random
+
+        random.Random(int(order)).shuffle(items)  # the same order in every xdist worker
