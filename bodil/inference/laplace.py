@@ -63,7 +63,7 @@ from numpyro import distributions as dist
 
 from ..optimize.cg import truncated_cg
 from ..optimize.objective import Objective
-from ..optimize.preconditioner import _time_march, applies_time_marching
+from ..optimize.preconditioner import _time_march, applies_time_marching, capped_points
 from ..terms import Squares
 from .prior_normaliser import field_prior_normaliser
 
@@ -333,6 +333,9 @@ class _LowRank:
         obj = Objective(posterior, *ops.unravel(ops.x))
         self.x_unc = obj.x0
         self._march_obj = obj if (_has_initial_block(ops) and applies_time_marching(obj)) else None
+        # The march is P^{-1} exactly only where no block was capped (rho (1 - 2u) dt <= REACTION_CAP); elsewhere it
+        # preconditions a CG solve with P instead.
+        self._march_exact = self._march_obj is not None and int(capped_points(obj, self.x_unc)) == 0
         self._jitted = {name: jax.jit(self._batch_op(name)) for name in ("P", "M", "P_inv", "H")}
         self._prior_rhs = jax.jit(self._prior_rhs_fn)
         k = min(rank, n_u)
@@ -366,14 +369,17 @@ class _LowRank:
         ops = self.ops.at(x)
         _ = ops.vjp_prior, ops.vjp_data  # linearise here, not inside the first loop that uses them
         shape = self.posterior.grid.shape
+        march = None
         if self._march_obj is not None:
             forward, backward = _time_march(self._march_obj, x_unc, self.rtol)
-            p_inv = lambda v: forward(backward(v.reshape(shape))).reshape(-1)  # noqa: E731
+            march = lambda v: forward(backward(v.reshape(shape))).reshape(-1)  # noqa: E731
+        if self._march_exact:
+            p_inv = march
         else:
             P = ops.field(ops.prior_curvature)
 
             def p_inv(v):
-                sol, info = truncated_cg(P, v, self.rtol * jnp.linalg.norm(v), 10 * self.n_u)
+                sol, info = truncated_cg(P, v, self.rtol * jnp.linalg.norm(v), 10 * self.n_u, march)
                 bad = info.negative_curvature | (info.residual_norm > 1e3 * self.rtol * jnp.linalg.norm(v))
                 return jnp.where(bad, jnp.nan, sol)
         return ops, p_inv

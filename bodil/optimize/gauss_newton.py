@@ -23,7 +23,9 @@ the first CG solve runs to ``cg_rtol`` and one step lands on the minimiser.
 Preconditioners (``preconditioner=``): ``"auto"`` picks the time-marching preconditioner of
 ``bodil.optimize.preconditioner`` for Crank-Nicolson reaction-diffusion fields (exact inverse of the PDE
 and initial-condition curvature) when only the field moves, and none otherwise; ``"time-marching"``, ``None`` or a
-callable ``(objective, x, matvec) -> (r -> P r)`` choose explicitly.
+callable ``(objective, x, matvec) -> (r -> P r)`` choose explicitly. Where a time step is too long for the
+reaction (``rho (1 - 2u) dt > REACTION_CAP`` of that module) the time-marching preconditioner is approximate;
+``report.extra["preconditioner_capped"]`` counts those space-time points per iteration and the message says so.
 
 With ``fix_theta=True`` only the field moves (the parameters stay at their starting values): the inner solve
 of the profile strategy (``bodil.optimize.profile``) and of the mode approximation.
@@ -45,7 +47,7 @@ from tqdm.auto import tqdm
 
 from .cg import truncated_cg
 from .objective import Objective
-from .preconditioner import time_marching_preconditioner
+from .preconditioner import REACTION_CAP, capped_points, time_marching_preconditioner
 from .result import Report
 
 PRECONDITIONERS = ("auto", "time-marching", None)
@@ -62,6 +64,7 @@ class GNStep(NamedTuple):
     linesearch_evals: jax.Array
     predicted_decrease: jax.Array
     model_ratio: jax.Array  # actual / predicted decrease of the full step (the trust-region ratio)
+    capped: jax.Array  # space-time points where the time-marching preconditioner is approximate (0 without it)
 
 
 class GaussNewton:
@@ -119,7 +122,7 @@ class GaussNewton:
 
             eta = jnp.minimum(opts["eta_max"], jnp.sqrt(g_norm / jnp.maximum(g0_norm, jnp.finfo(x.dtype).tiny)))
             tol = jnp.maximum(eta, opts["cg_rtol"]) * g_norm
-            precondition = None
+            precondition, capped = None, jnp.zeros((), jnp.int32)
             # In a joint solve with parameters the time-marching block inverse is no better than none (measured);
             # "auto" uses it for field-only solves.
             joint_with_theta = not fix_theta and self.n_field < x.size
@@ -128,6 +131,8 @@ class GaussNewton:
                 if precondition is None and self.preconditioner == "time-marching":
                     raise ValueError("gauss_newton: the time-marching preconditioner needs a single field on a "
                                      "space-time grid and a reaction_diffusion residual.")
+                if precondition is not None:
+                    capped = capped_points(obj, x).astype(jnp.int32)
             elif callable(self.preconditioner):
                 precondition = self.preconditioner(obj, x, matvec)
             p, info = truncated_cg(matvec, -g, tol, opts["cg_maxiter"], precondition)
@@ -155,7 +160,7 @@ class GaussNewton:
             else:
                 ratio = jnp.full((), jnp.nan, x.dtype)
             return GNStep(x_new, loss, jnp.where(accepted, f_new, loss), jnp.max(jnp.abs(g)), accepted,
-                          info.iterations, info.residual_norm <= tol, k + 1, -slope, ratio)
+                          info.iterations, info.residual_norm <= tol, k + 1, -slope, ratio, capped)
 
         return step
 
@@ -172,7 +177,7 @@ class GaussNewton:
         if fix_theta:
             g0 = g0.at[self.n_field:].set(0.0)
         g0_norm = jnp.linalg.norm(g0)
-        history, cg_its = [], []
+        history, cg_its, capped = [], [], []
         n_fun = n_jvp = n_vjp = 0
         n_grad = 1
         converged, message = False, "maximum number of iterations reached"
@@ -189,6 +194,7 @@ class GaussNewton:
                 it += 1
                 k = int(out.cg_iterations)
                 cg_its.append(k)
+                capped.append(int(out.capped))
                 n_jvp += k + 1
                 n_vjp += k + 1
                 n_grad += 1
@@ -235,11 +241,16 @@ class GaussNewton:
         wall = time.perf_counter() - start
         final = float(obj.value(x))
         history.append(final)
+        if capped and max(capped) > 0:
+            message += (f"; the time-marching preconditioner was approximate at up to {max(capped)} of "
+                        f"{self.n_field} space-time points, where rho (1 - 2u) dt > {REACTION_CAP} (a time step "
+                        f"with rho dt <= {REACTION_CAP} makes it exact)")
         report = Report(method="gauss-newton" if self.curvature == "gauss-newton" else "newton-krylov",
                         converged=converged, message=message, iterations=it, loss=final,
                         loss_terms=obj.parts(x), grad_norm=float(jnp.max(jnp.abs(g_final))), wall_time=wall,
                         evaluations={"fun": n_fun, "grad": n_grad, "jvp": n_jvp, "vjp": n_vjp},
-                        history=np.asarray(history), extra={"cg_iterations": cg_its, "damping": mus})
+                        history=np.asarray(history),
+                        extra={"cg_iterations": cg_its, "damping": mus, "preconditioner_capped": capped})
         return x, report
 
 

@@ -12,11 +12,26 @@ rows, however, form a square block lower-bidiagonal matrix
 
 (the linearised Crank-Nicolson residual of ``bodil.residuals.reaction_diffusion.ReactionDiffusion``).
 (without an initial-condition block a stand-in first row of the PDE rows' scale is used, and the outer CG
-resolves the ``n_space`` initial-state directions it misjudges). ``B^{-1}`` is a forward time march and ``B^{-T}`` a backward one, each step an implicit solve with the
-symmetric positive definite ``L_m``, done by Jacobi-preconditioned CG to a tight tolerance (its condition
-number is ``1 + 2 dt D_max sum_k 1/h_k^2``, so a few tens of iterations). ``P_u = B^{-1} B^{-T}`` is then the
-exact inverse of the PDE and IC part of the Gauss-Newton matrix; only data curvature is left for the outer
-CG, which converges in a handful of iterations.
+resolves the ``n_space`` initial-state directions it misjudges). ``B^{-1}`` is a forward time march and
+``B^{-T}`` a backward one, each step an implicit solve with ``L_m``, done by Jacobi-preconditioned CG to a
+tight tolerance (its condition number is ``1 + 2 dt D_max sum_k 1/h_k^2``, so a few tens of iterations).
+``P_u = B^{-1} B^{-T}`` is then the exact inverse of the PDE and IC part of the Gauss-Newton matrix; only
+data curvature is left for the outer CG, which converges in a handful of iterations.
+
+``A`` is negative semi-definite, so ``L_m`` is symmetric positive definite while ``x = rho (1 - 2u) dt < 2``
+at every point, and CG can solve with it. Beyond that (coarse time steps: on 12 nodes over 100 days any
+``rho > 0.22 / day`` where ``u ~ 0``) ``L_m`` is indefinite or singular, CG breaks down, and the
+preconditioner would be asymmetric and indefinite. The blocks are therefore built with the reaction
+coefficient replaced by ``x~ / dt`` (``reaction_for_blocks``),
+
+    x~ = min(x, c, 4 / max(x, c)),    c = REACTION_CAP = 1.8,
+
+which keeps ``L_m >= (1 - c/2) / dt`` and ``P_u`` symmetric positive definite whatever ``u`` and ``rho``. It
+is exact where ``x <= c``. For ``x > 4/c`` it keeps the magnitude of the reaction's Crank-Nicolson growth
+factor per step, ``|1 + x/2| / |1 - x/2|``, which ``x`` and ``4/x`` share (a plain cap at ``c`` would grow by
+``(1 + c/2) / (1 - c/2) = 19`` per step instead). Where it is active ``P_u`` is only an approximate inverse
+and the outer CG needs more iterations: ``capped_points`` counts those points, and Gauss-Newton reports them.
+A time grid with ``rho dt <= c`` (for ``0 <= u``) avoids it.
 
 The parameters enter through the Schur complement: with ``M_{u theta}`` from ``n_theta`` matrix-vector
 products, ``W = P_u M_{u theta}`` and ``S = M_{theta theta} - M_{u theta}^T W``, the block inverse
@@ -35,6 +50,37 @@ from .. import stencil
 from ..terms import Squares
 from .cg import truncated_cg
 
+REACTION_CAP = 1.8
+"""Largest ``rho (1 - 2u) dt`` the blocks ``L_m`` are built with: below 2, where ``L_m`` turns singular, so
+that ``L_m >= (1 - REACTION_CAP / 2) / dt``, a tenth of its no-reaction bound ``1 / dt`` (the notebooks' value)."""
+
+
+def reaction_for_blocks(reaction, dt):
+    """The reaction coefficient the blocks use: ``x~ / dt`` with ``x = reaction dt`` and
+    ``x~ = min(x, c, 4 / max(x, c))``, ``c = REACTION_CAP`` (see the module docstring); ``reaction`` itself
+    where ``x <= c``."""
+    x = reaction * dt
+    c = REACTION_CAP
+    return jnp.minimum(x, jnp.minimum(c, 4.0 / jnp.maximum(x, c))) / dt
+
+
+def _linearised_reaction(obj, x):
+    """``(u, theta, faces, rho (1 - 2u), dt)`` at ``x``: the pieces of ``F'(u) = A + diag(rho (1 - 2u))``."""
+    post = obj.posterior
+    u, z = obj.unravel(x)
+    theta = post.params.merge(post.params.constrain(z))
+    faces, rho = post.prior.residual.space_operator(theta, post.grid)
+    return u, theta, faces, rho * (1.0 - 2.0 * u), post.grid.spacing[0]
+
+
+def capped_points(obj, x):
+    """How many space-time points of ``x`` have ``rho (1 - 2u) dt > REACTION_CAP``, where the time-marching
+    preconditioner is only an approximate inverse (0: exact); ``None`` if it does not apply."""
+    if not applies_time_marching(obj):
+        return None
+    *_, reaction, dt = _linearised_reaction(obj, x)
+    return jnp.sum(reaction * dt > REACTION_CAP)
+
 
 def applies_time_marching(obj) -> bool:
     """Whether the problem has the form the time-marching preconditioner needs: one field array on a
@@ -50,29 +96,26 @@ def _time_march(obj, x, inner_rtol: float):
     if not applies_time_marching(obj):
         return None
     post = obj.posterior
-    residual, grid = post.prior.residual, post.grid
-    u, z = obj.unravel(x)
-    theta = post.params.merge(post.params.constrain(z))
+    grid = post.grid
+    u, theta, faces, reaction, dt = _linearised_reaction(obj, x)
     blocks = post.prior.blocks(u, theta)
     w_pde = sum(b.weight for k, b in blocks.items() if k.startswith("pde/") and isinstance(b, Squares))
     w_ic = sum(b.weight for k, b in blocks.items() if k.startswith("ic/") and isinstance(b, Squares))
-    faces, rho = residual.space_operator(theta, grid)
     faces = tuple(f.astype(x.dtype) for f in faces)
     periodic = grid.periodic[1:]
-    dt = grid.spacing[0]
     s = jnp.sqrt(2.0 * w_pde)
     # Without an initial-condition block (unknown initial state, constrained by data only) a stand-in row
     # of the PDE rows' scale closes B; the error it makes lives in the n_space-dimensional subspace of
     # initial states, which CG then resolves in about n_space iterations.
     s_ic = jnp.sqrt(2.0 * w_ic) if w_ic else s / dt
-    reaction = rho * (1.0 - 2.0 * u)  # (nt, *space): F'(u^m) = A + diag(reaction[m])
+    reaction = reaction_for_blocks(reaction, dt)  # (nt, *space): F'(u^m) ~ A + diag(reaction[m])
     a_diag = stencil.operator_diagonal(faces, periodic)
 
     def f_prime(m_reaction, v):
         return stencil.diffusion_operator(v, faces, periodic) + m_reaction * v
 
     def solve_l(m_reaction, rhs):
-        """Solve ``L_m y = rhs`` with ``L_m = I/dt - F'_m / 2`` (SPD while rho (1 - 2u) < 2 / dt)."""
+        """Solve ``L_m y = rhs`` with ``L_m = I/dt - F'_m / 2`` (SPD: ``reaction dt <= REACTION_CAP < 2``)."""
         jacobi = 1.0 / (1.0 / dt - 0.5 * (a_diag + m_reaction))
         y, _ = truncated_cg(lambda v: v / dt - 0.5 * f_prime(m_reaction, v), rhs,
                             inner_rtol * jnp.linalg.norm(rhs), 200, lambda r: jacobi * r)
@@ -109,8 +152,9 @@ def _time_march(obj, x, inner_rtol: float):
 
 def time_marching_preconditioner(obj, x, matvec, fix_theta: bool = False, inner_rtol: float = 1e-10):
     """Build ``v -> P v`` at ``x`` (see the module docstring), or ``None`` when the problem is not a
-    single-field Crank-Nicolson reaction-diffusion problem. With
-    ``fix_theta`` the parameter block is zeroed (field-only solves)."""
+    single-field Crank-Nicolson reaction-diffusion problem. With ``fix_theta`` the parameter block is zeroed
+    (field-only solves). ``P`` is symmetric positive definite; it is the exact inverse of the PDE and IC
+    curvature unless ``capped_points(obj, x) > 0``."""
     march = _time_march(obj, x, inner_rtol)
     if march is None:
         return None
