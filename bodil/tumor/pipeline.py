@@ -8,8 +8,9 @@ The stages (seed 003 sec. 3.4; each with its own progress bar):
 3. MAP: a forward fit of ``(Dw, rho, x0, y0, z0)`` (Nelder-Mead on explicit Fisher-Kolmogorov runs),
    then the GliODIL posterior (``bodil.tumor.model``) maximised jointly over the field and those parameters
    by Gauss-Newton (ODIL) from the forward solution;
-4. posterior: BASIS (``beta = 0.2``, ``gamma = 1.5``, ``l_max = 1``) on the mode approximation of
-   ``p(x0, y0, z0 | D)`` with the other parameters at their MAP values (by default its
+4. posterior: BASIS (``beta = 0.7``, ``gamma = 1.5``, ``l_max = 3``; not seed 003's ``beta = 0.2``,
+   ``l_max = 1``, see ``Settings``) on the mode approximation of ``p(x0, y0, z0 | D)`` with the other
+   parameters at their MAP values (by default its
    ``lambda_PDE -> infinity`` limit, a forward run per evaluation; ``Settings.inner``), its likelihood
    counting one independent observation per ``(15 mm)^3`` rather than per voxel
    (``Settings.error_correlation_mm``); each sample keeps its concentration at the imaging time;
@@ -76,7 +77,15 @@ class Settings:
             truth by tenths of a mm. ``benchmarks/tumor_calibration.py`` measures the coverage of the
             credible regions for several ``l`` on synthetic patients other than ``benchmarks/tumor.py``'s; the
             default is the smallest that covered them. ``None``: ``w = 1``, seed 003's likelihood as is.
-        beta, gamma, lmax: BASIS settings.
+        beta, gamma, lmax: BASIS settings: proposal covariance ``beta^2`` times the particles' weighted
+            covariance, target coefficient of variation of the incremental weights, Metropolis steps per sample.
+            Seed 003's ``beta = 0.2, lmax = 1`` (Korali's BASIS) are too noisy for the samples to be used: on
+            3-D and 5-D Gaussian posteriors 10-40 times narrower than the prior box, one run's posterior mean
+            spreads 0.6-0.9 posterior sd over seeds with 128 samples (0.3-0.4 with 512) and its variance 50-90%
+            (30-40%), an effective sample size of one to three. ``beta = 0.7, lmax = 3`` brings that to
+            0.14-0.19 sd and 15-20% at 128 samples for 2.4 times the likelihood evaluations (about 1550 in 3-D
+            against 650), the cheapest of the settings measured that keeps both spreads under 0.25 with 95%
+            confidence in 3-D and 5-D (``benchmarks/inference.py --spread``; ``tests/test_smc.py`` tests them).
         inner: how ``log p(theta | D)`` is evaluated for BASIS. ``"forward"``: the limit
             ``lambda_PDE -> infinity`` of the mode approximation, where ``u*(theta)`` is the solution of the PDE
             (an explicit Fisher-Kolmogorov run, ``bodil.forward.fk``) and
@@ -116,9 +125,9 @@ class Settings:
     lambda_ic: float = 200.0
     sigma: float = 0.05
     error_correlation_mm: float | None = 15.0
-    beta: float = 0.2
+    beta: float = 0.7
     gamma: float = 1.5
-    lmax: int = 1
+    lmax: int = 3
     inner: str = "forward"
     initializer: str = "forward"
     inner_ftol: float = 1e-6
