@@ -345,8 +345,8 @@ def settings_table(seeds: int = 50, grid: dict = GRID) -> None:
     print(f"Columns as above; mean and variance: the worst coordinate. Passes: the upper 95% bound of the sd "
           f"({upper:.3f} sd) of every mean <= {MAX_SD_MEAN} posterior sd and of every variance <= {MAX_SD_VAR} "
           f"(relative), i.e. a measured sd <= {MAX_SD_MEAN / upper:.3f}, and no bias both significant (beyond "
-          f"z(1 + 2d, {BIAS_RATE}) Monte Carlo errors: {z_bound(7, BIAS_RATE):.2f} in 3-D, {z_bound(11, BIAS_RATE):.2f} "
-          f"in 5-D) and larger than {MAX_BIAS_SD} of its sd (mean, log Z from -sd^2/2) or {MAX_BIAS_VAR:.0%} "
+          f"z(1 + 2d, {BIAS_RATE}) Monte Carlo errors: {z_bound(7, BIAS_RATE):.2f} in 3-D, "
+          f"{z_bound(11, BIAS_RATE):.2f} in 5-D) and larger than {MAX_BIAS_SD} of its sd (mean, log Z from -sd^2/2) or {MAX_BIAS_VAR:.0%} "
           f"(variance).\n")
     print("| case | n | beta | gamma | lmax | log Z bias | -sd^2/2 | log Z sd | mean bias | mean sd | var bias | "
           "var sd | evals | passes |")

@@ -13,8 +13,8 @@ a log-normal estimate; the measured biases agree with it within their Monte Carl
 The tumour pipeline's BASIS settings (``bodil.tumor.pipeline.Settings``: 128 samples, ``beta = 0.7``,
 ``gamma = 1.5``, ``lmax = 3``) are tested on a 3-D and a 5-D Gaussian posterior much narrower than the prior
 box. The papers' ``beta = 0.2, lmax = 1`` (Korali's defaults) were too noisy there: over 50 seeds a run's
-posterior mean spread 0.6-0.9 posterior sd (0.3-0.4 with 512 samples) and its variance 50-90% (30-40%), i.e.
-an effective sample size of one to three; see ``docs/tumor.md``.
+posterior mean spread 0.7-0.9 posterior sd (0.35-0.4 with 512 samples) and its variance 65-90% (40%), i.e.
+an effective sample size of one or two (six to eight); see ``docs/tumor.md``.
 """
 
 import pickle

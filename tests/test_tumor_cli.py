@@ -67,7 +67,7 @@ def check_every_product(patient, out, printed):
 
 
 def check_a_killed_run_resumes_to_the_same_result(patient, reference, tmp_path, capsys):
-    """``kill -9`` mid-BASIS (the run's own process, in its third stage) keeps ``OUT.checkpoint`` and leaves no
+    """``kill -9`` mid-BASIS (the run's own process, mid-stage) keeps ``OUT.checkpoint`` and leaves no
     ``OUT``; a second run without ``--resume`` refuses to throw the checkpoint away, one with other settings is
     refused; ``--resume`` finishes with exactly the samples of an uninterrupted run and cleans up."""
     import subprocess
@@ -87,7 +87,7 @@ def check_a_killed_run_resumes_to_the_same_result(patient, reference, tmp_path, 
         "evaluate, calls = pipeline._ForwardLikelihood.__call__, []\n"
         "def call(self, theta):\n"
         "    calls.append(1)\n"
-        "    if len(calls) == 15:  # 6 particles per stage: stages 0 and 1 are done\n"
+        "    if len(calls) == 15:  # 6 particles: stage 0 takes 6, stage 1 up to 6 x lmax (3) Metropolis steps\n"
         "        os.kill(os.getpid(), signal.SIGKILL)\n"
         "    return evaluate(self, theta)\n"
         "pipeline._ForwardLikelihood.__call__ = call\n"

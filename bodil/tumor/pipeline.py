@@ -81,11 +81,11 @@ class Settings:
             covariance, target coefficient of variation of the incremental weights, Metropolis steps per sample.
             Seed 003's ``beta = 0.2, lmax = 1`` (Korali's BASIS) are too noisy for the samples to be used: on
             3-D and 5-D Gaussian posteriors 10-40 times narrower than the prior box, one run's posterior mean
-            spreads 0.6-0.9 posterior sd over seeds with 128 samples (0.3-0.4 with 512) and its variance 50-90%
-            (30-40%), an effective sample size of one to three. ``beta = 0.7, lmax = 3`` brings that to
-            0.14-0.19 sd and 15-20% at 128 samples for 2.4 times the likelihood evaluations (about 1550 in 3-D
-            against 650), the cheapest of the settings measured that keeps both spreads under 0.25 with 95%
-            confidence in 3-D and 5-D (``benchmarks/inference.py --spread``; ``tests/test_smc.py`` tests them).
+            spreads 0.7-0.9 posterior sd over seeds with 128 samples (0.35-0.4 with 512) and its variance
+            65-90% (40%): an effective sample size of one or two (six to eight). ``beta = 0.7, lmax = 3`` brings
+            that to 0.14-0.19 sd and 15-20% at 128 samples for 2.4 times the likelihood evaluations (about 1550
+            in 3-D against 650), the cheapest of the settings measured that keeps both spreads under 0.25 with
+            95% confidence in 3-D and 5-D (``benchmarks/inference.py --spread``; ``tests/test_smc.py`` tests them).
         inner: how ``log p(theta | D)`` is evaluated for BASIS. ``"forward"``: the limit
             ``lambda_PDE -> infinity`` of the mode approximation, where ``u*(theta)`` is the solution of the PDE
             (an explicit Fisher-Kolmogorov run, ``bodil.forward.fk``) and
