@@ -57,7 +57,7 @@ def prior_points(params, seed: int, num: int, dtype) -> list[dict]:
         start += sizes[k]
         try:
             out[k] = jnp.asarray(d.icdf(q), dtype)
-        except NotImplementedError:
+        except NotImplementedError:  # numpyro's base Distribution.icdf: this prior has no inverse cdf
             key, sub = jax.random.split(key)
             out[k] = jnp.asarray(d.sample(sub, (num,)), dtype)
     return [{k: v[i] for k, v in out.items()} for i in range(num)]
@@ -75,24 +75,26 @@ def field_prior_normaliser(ops, params, method: str, hessian: str, seed: int, nu
         return PriorNormaliser(ld_star, 0.0, "", {"theta_dependent": False})
     u, _ = ops.unravel(ops.x)
     points = [ravel_pytree((u, th))[0] for th in prior_points(params, seed, num, ops.x.dtype)]
+    first = [float(log_det(x)) for x in points[:2]] if dense else []  # reused below: each is a dense Hessian
     if dense:
-        def same(x):
-            return abs(float(log_det(x)) - ld_star) <= 1e-10 * max(1.0, abs(ld_star))
+        def same(i):
+            return abs(first[i] - ld_star) <= 1e-10 * max(1.0, abs(ld_star))
     else:
         products = ops.prior_products()
         probes = jax.random.normal(jax.random.key(seed), (4, ops.n_field), ops.x.dtype)
         at_map = products(ops.x, probes)
 
-        def same(x):
-            return float(jnp.max(jnp.abs(products(x, probes) - at_map))) <= 1e-10 * float(jnp.max(jnp.abs(at_map)))
-    if all(same(x) for x in points[:2]):
+        def same(i):
+            diff = jnp.max(jnp.abs(products(points[i], probes) - at_map))
+            return float(diff) <= 1e-10 * float(jnp.max(jnp.abs(at_map)))
+    if all(same(i) for i in range(min(2, len(points)))):
         return PriorNormaliser(ld_star, 0.0, "", {"theta_dependent": False})
     if not dense:
         return PriorNormaliser(math.nan, math.nan,
                                "the PDE prior's curvature P depends on the parameters, so the evidence needs "
                                "E_p(theta)[det P(theta)^(-1/2)], which the low-rank path cannot form; use "
                                "method='dense' (a smaller grid)", {"theta_dependent": True})
-    ld = np.array([float(log_det(x)) for x in points])
+    ld = np.array(first + [float(log_det(x)) for x in points[2:]])
     if not np.all(np.isfinite(ld)):
         return PriorNormaliser(math.nan, math.nan, IMPROPER + " at some parameters of the prior",
                                {"theta_dependent": True})
