@@ -321,7 +321,7 @@ def bounds_table(seeds: int = 50) -> None:
 
 
 # BASIS settings measured on the cases shaped like the pipeline's posterior: the papers' (beta 0.2, gamma 1.5,
-# lmax 1), gamma 1, longer chains, larger proposals; n = 512 (seed 003's samples) for a subset.
+# lmax 1), gamma 1, longer chains, larger proposals; n = 512 (Amoudruz et al.'s (2025) samples) for a subset.
 GRID = {128: [(0.2, 1.5, 1), (0.2, 1.0, 1), (0.2, 1.5, 3), (0.2, 1.5, 5), (0.2, 1.5, 10), (0.5, 1.5, 1),
               (0.5, 1.5, 2), (0.5, 1.5, 3), (0.7, 1.5, 2), (0.7, 1.5, 3), (0.7, 1.0, 3), (1.0, 1.5, 1),
               (1.0, 1.5, 2), (1.0, 1.5, 3), (1.0, 1.5, 5), (1.0, 1.0, 2)],

@@ -99,7 +99,7 @@ def main():
     args = parser.parse_args()
     print(f"jax {jax.__version__} on {jax.devices()[0].platform}, float64")
     if args.converge:
-        run_to_convergence("2-D reaction-diffusion, seed 003 sec. 3.3 case 1 (sigma 0.05)",
+        run_to_convergence("2-D reaction-diffusion, Amoudruz et al. 2025, sec. 3.3 case 1 (sigma 0.05)",
                            reaction_diffusion_2d(n=64, nt=129, dtype=jnp.float64), args.epochs)
         return
     if args.quick:
@@ -107,7 +107,7 @@ def main():
                  args.epochs)
         return
     if args.case in ("all", "2d"):
-        run_case("2-D reaction-diffusion, seed 003 sec. 3.3 case 1 (sigma 0.05)",
+        run_case("2-D reaction-diffusion, Amoudruz et al. 2025, sec. 3.3 case 1 (sigma 0.05)",
                  reaction_diffusion_2d(n=64, nt=129, dtype=jnp.float64), args.epochs)
     if args.case in ("all", "3d"):
         run_case("3-D reaction-diffusion, 32^3, no-flux walls", reaction_diffusion_3d(n=32, nt=33, dtype=jnp.float64),

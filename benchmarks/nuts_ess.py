@@ -1,6 +1,6 @@
 """NUTS through numpyro against NUTS through blackjax: effective samples per second on the oscillator.
 
-The case is seed 003 sec. 3.1 with the frequency inferred (``bodil.cases.oscillator(infer_omega=True)``,
+The case is Amoudruz et al. 2025, sec. 3.1 with the frequency inferred (``bodil.cases.oscillator(infer_omega=True)``,
 131 unknowns), started at the MAP from ``bodil.map_estimate``. Both backends run the same warmup (step size
 and diagonal mass matrix adaptation) and the same number of draws, one chain, float64. ESS is arviz's bulk
 ESS of every coordinate (``omega2``, ``x`` and ``v`` at each node); the table gives its minimum and median

@@ -1,18 +1,18 @@
-"""The neural surrogate against the Fisher-Kolmogorov solver, and the inversion table of seed 000 (Tables 1-2).
+"""The neural surrogate against the Fisher-Kolmogorov solver, and the inversion table of Weidner et al. (2025) (Tables 1-2).
 
 Needs a dataset (``bodil dataset``) whose crops match the surrogate's (the shipped weights: 32^3 at 4 mm,
 made by ``bodil dataset --out fk32 --size 32 --spacing 4 --train 2000 --val 100 --test 100``).
 
-1. Forward accuracy on the whole test split: MSE (seed 000's goal: at most 1.8e-3), MAE, volume-normalised
-   MSE / MAE, NCC and seed 002's residual statistics (``bodil.forward.metrics``).
+1. Forward accuracy on the whole test split: MSE (Weidner et al.'s (2025) goal: at most 1.8e-3), MAE, volume-normalised
+   MSE / MAE, NCC and Toledo-Marín et al.'s (2021) residual statistics (``bodil.forward.metrics``).
 2. Forward time per crop for a batch of 32 test crops: the surrogate (one jit-compiled batched call, after a
    warm-up) against 32 FK runs on the same crops (``bodil.forward.inversion.fk_on_crop``); the ratio. Then the
-   same on finer grids of the same 128 mm (``--sizes``, smaller batches; seed 000's is 128^3 at 1 mm): the
+   same on finer grids of the same 128 mm (``--sizes``, smaller batches; Weidner et al.'s (2025) is 128^3 at 1 mm): the
    tissue upsampled, the network of the same architecture untrained (its cost does not depend on its
    weights). The network's cost grows like ``n^3 log n``; the explicit solver's like ``n^3`` times its step
    count, which grows like ``n^2`` only where diffusion (the CFL bound), not growth (``rho dt``), limits the
    step.
-3. Inversion on the first ``--cases`` test cases (the observation is the true concentration, as in seed 000):
+3. Inversion on the first ``--cases`` test cases (the observation is the true concentration, as in Weidner et al. (2025)):
    GB (L-BFGS-B through the surrogate from the box centre), direct (inverse encoder), hybrid (direct, then GB;
    the lower surrogate loss), CMA-ES on the surrogate and CMA-ES on the FK solver (classical). Every method
    ends with one FK run at its theta. Reported as mean +- standard error (and median): the errors of
@@ -98,7 +98,7 @@ def main():
     p.add_argument("--methods", nargs="+", choices=list(METHODS.values()), default=list(METHODS.values()),
                    help="inversion methods to run (default: all five)")
     p.add_argument("--sizes", type=int, nargs="*", default=[64], help="finer grids for the forward timing "
-                   "(default 64; 128 is seed 000's and takes minutes on a CPU)")
+                   "(default 64; 128 is Weidner et al.'s (2025) and takes minutes on a CPU)")
     args = p.parse_args()
 
     model = S.load(args.forward) if args.forward else S.pretrained("forward")
@@ -117,7 +117,7 @@ def main():
     print("| metric | mean +- se (median) |\n|---|---|")
     for k, v in acc.items():
         print(f"| {k} | {_mean_se(v)} |")
-    print(f"\nseed 000 goal: MSE <= 1.8e-3; here {np.mean(acc['mse']):.3g}")
+    print(f"\nWeidner et al. (2025) goal: MSE <= 1.8e-3; here {np.mean(acc['mse']):.3g}")
 
     print(f"\n## Forward time per crop, {n * model.spacing_mm:g} mm crops\n")
     print("| grid | spacing (mm) | batch | surrogate (s) | FK solver (s) | ratio FK / surrogate |\n"

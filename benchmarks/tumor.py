@@ -1,4 +1,4 @@
-"""The tumour pipeline on synthetic patients with known truth (seed 003 sec. 3.4).
+"""The tumour pipeline on synthetic patients with known truth (Amoudruz et al. 2025, sec. 3.4).
 
 For each patient (a tumour grown by ``bodil.forward.fk`` on MNI152 at 2 mm with its own origin, ``Dw`` and
 ``rho``) ``bodil.tumor.run_ctv`` runs end to end and the table reports:

@@ -174,7 +174,7 @@ def _size_options(p):
     p.add_argument("--error-correlation", type=float, metavar="MM",
                    help="distance in mm over which segmentation and model errors are correlated: the posterior "
                         "counts one independent observation per MM^3 (default 15; 0: one per voxel, untempered)")
-    p.add_argument("--paper", action="store_true", help="seed 003's sizes (64^3 x 128, 512 samples; GPU)")
+    p.add_argument("--paper", action="store_true", help="Amoudruz et al.'s (2025) sizes (64^3 x 128, 512 samples; GPU)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -214,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("dataset", help="Fisher-Kolmogorov training data for the surrogate (MNI152 anatomy)")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--size", type=int, default=64, help="crop side in voxels (default 64; seed 000: 128 at 1 mm)")
+    p.add_argument("--size", type=int, default=64, help="crop side in voxels (default 64; Weidner et al. (2025): 128 at 1 mm)")
     p.add_argument("--spacing", type=float, default=2.0, help="voxel size in mm (default 2)")
     p.add_argument("--train", type=int, default=1000, help="training samples (default 1000)")
     p.add_argument("--val", type=int, default=100, help="validation samples (default 100)")

@@ -7,7 +7,7 @@ A ``Grid`` names its axes, knows their bounds and how points sit on each axis:
     Used for time, where ``u^0`` is the initial and ``u^{n-1}`` the final state.
 ``"periodic"``
     ``n`` points on a circle of length ``upper - lower``: ``x_i = lower + i h``, ``h = (upper - lower) / n``
-    (seed 003 eq. 17: ``x_i = i dx``, ``dx = L / n_x``).
+    (Amoudruz et al. 2025, eq. 17: ``x_i = i dx``, ``dx = L / n_x``).
 ``"cell"``
     ``n`` cell centres: ``x_i = lower + (i + 1/2) h``, ``h = (upper - lower) / n``. Used for no-flux walls,
     which then sit on the faces ``lower`` and ``upper``.

@@ -1,4 +1,4 @@
-"""Likelihoods ``p(D | u, theta)`` linking the field to data (seed 003 eq. 6, 20-21, 30-31, 36).
+"""Likelihoods ``p(D | u, theta)`` linking the field to data (Amoudruz et al. 2025, eq. 6, 20-21, 30-31, 36).
 
 Each likelihood takes an ``observe(u, theta) -> predictions`` function (``None`` means the field itself,
 ``bodil.Grid.interpolator`` gives linear interpolation at scattered points) and reports its share of
@@ -159,7 +159,7 @@ class IntervalHinge(Likelihood):
 
 
 class ThreeClassSigmoid(Likelihood):
-    """Normalised three-class model of seed 003 eq. 36 (appendix B):
+    """Normalised three-class model of Amoudruz et al. 2025, eq. 36 (appendix B):
 
     ``P(healthy) = S((tau_lo - u)/sigma) / Z``, ``P(edema) = S((tau_up - u)/sigma) S((u - tau_lo)/sigma) / Z``,
     ``P(core) = S((u - tau_up)/sigma) / Z``, with ``Z = 1 + S((u - tau_up)/sigma) S((tau_lo - u)/sigma)``.

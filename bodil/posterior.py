@@ -1,4 +1,4 @@
-"""The joint posterior over the field and the parameters (seed 003 eq. 8-9):
+"""The joint posterior over the field and the parameters (Amoudruz et al. 2025, eq. 8-9):
 
     log p(u, theta | D) = sum_l log p_l(D_l | u, theta) - beta L_PDE(u, theta) - beta_IC L_IC(u, theta)
                           + log p(theta) + const.

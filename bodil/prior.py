@@ -8,7 +8,7 @@ where ``L_PDE`` is built from the named residual arrays ``r_k`` the residual fun
 normalisations are offered:
 
 * ``reduction="mean"`` (default): ``L = sum_k mean(r_k^2)``, eq. 3 and 18. ``beta`` is then independent of
-  the grid size; seed 003 uses ``beta = 1e4`` for the oscillator and the diffusion equation.
+  the grid size; Amoudruz et al. (2025) uses ``beta = 1e4`` for the oscillator and the diffusion equation.
 * ``reduction="sum"``: ``L = sum_k sum(r_k^2)``; then ``beta`` is the per-point weight ``lambda`` of eq. 24
   and 32 (``lambda_PDE n_x n_y n_t L_PDE = lambda_PDE * sum r^2``): reaction-diffusion uses
   ``lambda_PDE = 10`` or ``100`` and ``lambda_IC = 100`` or ``1000``; the tumour model ``1e3`` and ``200``.
@@ -126,7 +126,7 @@ class Params:
 
 
 class PDEPrior:
-    """``log p(u | theta) = -beta L_PDE(u, theta) - beta_initial L_IC(u, theta)`` (seed 003 eq. 7, 24, 32).
+    """``log p(u | theta) = -beta L_PDE(u, theta) - beta_initial L_IC(u, theta)`` (Amoudruz et al. 2025, eq. 7, 24, 32).
 
     Args:
         residual: ``residual(u, theta, grid) -> dict[str, Array]`` (see ``bodil.residuals``).

@@ -1,6 +1,6 @@
 """Finite-difference stencils in flux form, built from slicing and ``jnp.roll`` only.
 
-The diffusion operator of seed 003 appendix A (eq. 33) is
+The diffusion operator of Amoudruz et al. 2025, appendix A (eq. 33) is
 
     A_i = sum_axes [ D_{i+1/2} (u_{i+1} - u_i) - D_{i-1/2} (u_i - u_{i-1}) ] / h^2,
 
@@ -61,7 +61,7 @@ def flux_difference(flux, axis: int, periodic: bool):
 
 def face_diffusivities(diffusivity, shape: Sequence[int], spacing: Sequence[float], periodic: Sequence[bool],
                        tissue_mask=None):
-    """Face diffusivities ``D_{i+1/2} / h^2`` along each space axis (seed 003 appendix A).
+    """Face diffusivities ``D_{i+1/2} / h^2`` along each space axis (Amoudruz et al. 2025, appendix A).
 
     Args:
         diffusivity: ``D`` at the points, broadcastable to the space ``shape``.
@@ -86,7 +86,7 @@ def face_diffusivities(diffusivity, shape: Sequence[int], spacing: Sequence[floa
 
 
 def diffusion_operator(u, faces: Sequence, periodic: Sequence[bool]):
-    """``div(D grad u)`` in flux form (seed 003 eq. 33) over the trailing ``len(faces)`` axes of ``u``.
+    """``div(D grad u)`` in flux form (Amoudruz et al. 2025, eq. 33) over the trailing ``len(faces)`` axes of ``u``.
 
     ``faces`` comes from ``face_diffusivities`` (face ``D / h^2`` per axis) and broadcasts against the
     face arrays of ``u``.

@@ -137,9 +137,9 @@ def test_leapfrog_of_both_backends_is_reversible_on_a_gaussian_target():
     np.testing.assert_allclose(blackjax_path(x0, p0)[0], numpyro_path(x0, p0)[0], atol=1e-12)
 
 
-# ---------------------------------------------------------------------- the oscillator, seed 003's settings
+# ---------------------------------------------------------------------- the oscillator, Amoudruz et al.'s (2025) settings
 def test_oscillator_with_seed_003_settings():
-    """Static HMC, 10 leapfrog steps, identity mass, no adaptation (seed 003 sec. 3.1), started at the
+    """Static HMC, 10 leapfrog steps, identity mass, no adaptation (Amoudruz et al. 2025, sec. 3.1), started at the
     truth instead of the MAP to spare a MAP solve (its PDE residuals are O(dt^2), its potential near the MAP's).
 
     Seed 003 reports acceptance about 0.65 at step 0.008. With bodil's ``L_PDE`` (mean over the 64 residual

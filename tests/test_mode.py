@@ -1,5 +1,5 @@
 """The mode approximation: exact where log p is quadratic in u, close to the exact marginal on the
-oscillator (seed 003 fig. 2), diagnostics and failure handling."""
+oscillator (Amoudruz et al. 2025, fig. 2), diagnostics and failure handling."""
 
 import math
 
@@ -29,7 +29,7 @@ def test_linear_gaussian_marginal_is_exact():
 
 @pytest.fixture(scope="module")
 def osc():
-    pb = oscillator(infer_omega=True, omega2_prior=(0.4, 1.8))  # covers seed 003's 0.7 <= omega <= 1.3
+    pb = oscillator(infer_omega=True, omega2_prior=(0.4, 1.8))  # covers Amoudruz et al.'s (2025) 0.7 <= omega <= 1.3
     fit = bodil.map_estimate(pb.posterior, pb.u0, pb.theta0)
     return pb, fit
 
@@ -45,7 +45,7 @@ def test_oscillator_mode_matches_exact_marginal(osc):
     pb, fit = osc
     ref = OscillatorReference(pb)
     mode = bodil.ModeApproximation(pb.posterior, fit.u, fit.theta)
-    w2 = np.linspace(0.7, 1.3, 50) ** 2  # seed 003: 50 points for 0.7 <= omega <= 1.3
+    w2 = np.linspace(0.7, 1.3, 50) ** 2  # Amoudruz et al. (2025): 50 points for 0.7 <= omega <= 1.3
     lm = np.array([mode.log_density({"omega2": v}) for v in w2])
     le = np.array([mode.exact_log_marginal({"omega2": v}) for v in w2])
     log_prior = np.log(1.0 / 1.4)  # U(0.4, 1.8)

@@ -1,4 +1,4 @@
-"""The benchmark problems of seed 003 (sec. 3.1-3.3), built with their synthetic data.
+"""The benchmark problems of Amoudruz et al. (2025) (sec. 3.1-3.3), built with their synthetic data.
 
 Each builder returns a ``Problem``: the posterior, a starting point and the truth used to make the data.
 They serve the demo, the tests, the notebooks and the benchmarks alike.

@@ -1,4 +1,4 @@
-"""1-D diffusion with unknown initial condition (seed 003 sec. 3.2, eq. 16-18).
+"""1-D diffusion with unknown initial condition (Amoudruz et al. 2025, sec. 3.2, eq. 16-18).
 
 ``u_t = D u_xx`` on the periodic interval ``(0, 1)``, ``D = 0.1``, ``T = 1``, ``n_x = 16`` points,
 ``n_t = 64`` steps (65 time nodes); 200 measurements at random space-time nodes with noise ``sigma = 0.1``

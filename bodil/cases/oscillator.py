@@ -1,4 +1,4 @@
-"""Harmonic oscillator with unknown initial conditions (seed 003 sec. 3.1, eq. 13-15).
+"""Harmonic oscillator with unknown initial conditions (Amoudruz et al. 2025, sec. 3.1, eq. 13-15).
 
 ``x' = v``, ``v' = -omega^2 x`` on ``(0, T)``, ``T = 10``, ``N = 64`` intervals; 20 positions measured at
 times drawn uniformly in ``(0, T/2)`` with Gaussian noise ``sigma = 0.1`` around the exact solution for

@@ -1,4 +1,4 @@
-"""Reaction-diffusion with an unknown initial position (seed 003 sec. 3.3, eq. 19-24).
+"""Reaction-diffusion with an unknown initial position (Amoudruz et al. 2025, sec. 3.3, eq. 19-24).
 
 ``u_t = div(D grad u) + rho u (1 - u)`` on the periodic unit square, ``rho = 8``, ``T = 0.5``, ``D`` in
 ``{0.005, 0.1}`` from a thresholded random field (case 1: low frequencies, case 2: higher ones), initial

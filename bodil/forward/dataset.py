@@ -1,14 +1,14 @@
-"""Training data for tumour-growth surrogates: Fisher-Kolmogorov runs cropped around the tumour (seed 000 sec. 2.4).
+"""Training data for tumour-growth surrogates: Fisher-Kolmogorov runs cropped around the tumour (Weidner et al. 2025, sec. 2.4).
 
 Each sample is one run of ``bodil.forward.solve_fk`` in a tissue volume (usually the MNI152 atlas, resampled
-to the dataset's isotropic spacing ``h``) with the reduced parameters of seed 000 sec. 2.1,
+to the dataset's isotropic spacing ``h``) with the reduced parameters of Weidner et al. 2025, sec. 2.1,
 
     theta = (x, y, z, mu_D, mu_rho),   mu_D = sqrt(Dw T) (mm),   mu_rho = sqrt(rho T),   Dg = Dw / 10,
 
 where ``(x, y, z)`` is the initial tumour centre relative to the crop centre (mm, along the volume's axes).
 The FK solution at ``T`` depends on ``Dw``, ``rho`` and ``T`` only through ``mu_D`` and ``mu_rho`` (rescale
 time by ``T``), so every run uses ``T = 1`` day, ``Dw = mu_D^2`` and ``rho = mu_rho^2``. The initial
-condition is GliODIL's clipped Gaussian (seed 003 eq. 27-28), zero outside tissue.
+condition is GliODIL's clipped Gaussian (Amoudruz et al. 2025, eq. 27-28), zero outside tissue.
 
 Drawing a sample (``numpy.random.Generator`` streams fixed by the seed, one per shard):
 
@@ -21,7 +21,7 @@ Drawing a sample (``numpy.random.Generator`` streams fixed by the seed, one per 
    crop's faces (the tumour lies inside the crop).
 
 How many draws each rule refused is counted in the manifest. The kept parameters are therefore uniform over
-the region of the ranges that gives tumours of the accepted sizes (seed 000 matched BraTS tumour sizes).
+the region of the ranges that gives tumours of the accepted sizes (Weidner et al. (2025) matched BraTS tumour sizes).
 
 Files: ``manifest.json`` (settings, seed, solver settings, anatomy, parameter names, units and ranges, the
 shards with their SHA-256, counts and wall time) and compressed shards ``{split}-{index:05d}.npz`` with
@@ -59,9 +59,9 @@ _FORMAT = "bodil-fk-dataset/1"
 
 @dataclasses.dataclass(frozen=True)
 class FKSettings:
-    """The Fisher-Kolmogorov run behind every sample: ``Dg = dg_ratio Dw`` (seed 000: 0.1), the
+    """The Fisher-Kolmogorov run behind every sample: ``Dg = dg_ratio Dw`` (Weidner et al. (2025): 0.1), the
     ``solve_fk`` settings ``tissue_threshold``, ``safety``, ``max_rho_dt`` and the initial condition's
-    ``mass``, ``dt2``, ``cutoff`` (seed 003 eq. 28)."""
+    ``mass``, ``dt2``, ``cutoff`` (Amoudruz et al. 2025, eq. 28)."""
 
     dg_ratio: float = 0.1
     tissue_threshold: float = 0.1
@@ -106,7 +106,7 @@ class DatasetSettings(FKSettings):
     """What a dataset is made of (all of it is written to the manifest), with the solver's ``FKSettings``.
 
     Attributes:
-        size: crop side in voxels (seed 000: 128 at 1 mm; default 64 at 2 mm, the same 128 mm).
+        size: crop side in voxels (Weidner et al. (2025): 128 at 1 mm; default 64 at 2 mm, the same 128 mm).
         spacing_mm: isotropic voxel size of the volume and the crops.
         mu_d: range of ``mu_D = sqrt(Dw T)`` in mm (DESIGN.md: up to about 32 mm).
         mu_rho: range of ``mu_rho = sqrt(rho T)`` (DESIGN.md: up to about 10).

@@ -1,10 +1,10 @@
 """Fisher-Kolmogorov tumour growth in physical units (mm, days), explicit finite differences.
 
-    u_t = div(D grad u) + rho u (1 - u),     D = Dw c_w + Dg c_g          (seed 003 eq. 26, 29)
+    u_t = div(D grad u) + rho u (1 - u),     D = Dw c_w + Dg c_g          (Amoudruz et al. 2025, eq. 26, 29)
 
 with ``c_w``, ``c_g`` the white- and grey-matter fractions, ``Dw``, ``Dg`` in mm^2/day and ``rho`` in 1/day.
 Space is a grid of cell centres ``x_i = (i + 1/2) h`` (mm) with no-flux walls on the outer faces. The
-space operator is the flux form of ``bodil.stencil`` (seed 003 eq. 33): face diffusivity = mean of the two
+space operator is the flux form of ``bodil.stencil`` (Amoudruz et al. 2025, eq. 33): face diffusivity = mean of the two
 neighbours, and zero where the tissue fraction ``c_w + c_g`` is below ``tissue_threshold`` (0.1 in GliODIL)
 on either side, so nothing flows into CSF or background.
 
@@ -14,7 +14,7 @@ Time stepping is forward Euler with the step
 
 the first bound is the explicit stability limit (``bodil.forward.fd.cfl_time_step``), the second keeps the
 reaction accurate when diffusion is slow (Euler's growth error is about ``rho dt / 2`` relative, and
-``rho dt > 1`` would overshoot ``u = 1``). The initial condition is GliODIL's clipped Gaussian (seed 003
+``rho dt > 1`` would overshoot ``u = 1``). The initial condition is GliODIL's clipped Gaussian (Amoudruz et al. (2025)
 eq. 27-28): ``u_0 = M / (4 pi Dt^2)^{3/2} exp(-|x - x_0|^2 / (4 Dt^2))``, set to 0 where ``u_0 <= 0.1`` and
 clipped at 1, with ``M = 1500`` and ``Dt^2 = 15 mm^2``.
 
@@ -52,7 +52,7 @@ def _spacing(spacing_mm, ndim: int, where: str) -> tuple[float, ...]:
 
 def fk_initial_condition(shape: Sequence[int], spacing_mm, origin_mm, *, mass: float = 1500.0,
                          dt2: float = 15.0, cutoff: float = 0.1, dtype=None):
-    """GliODIL's initial tumour (seed 003 eq. 27-28) on a grid of cell centres ``(i + 1/2) h`` (mm).
+    """GliODIL's initial tumour (Amoudruz et al. 2025, eq. 27-28) on a grid of cell centres ``(i + 1/2) h`` (mm).
 
     ``u_0 = M / (4 pi Dt^2)^{d/2} exp(-|x - x_0|^2 / (4 Dt^2))``, 0 where ``u_0 <= cutoff``, at most 1.
 

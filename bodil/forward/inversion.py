@@ -1,8 +1,8 @@
-"""Tumour-growth inversion on a crop: from an observed concentration to ``theta`` (seed 000 sec. 2.3).
+"""Tumour-growth inversion on a crop: from an observed concentration to ``theta`` (Weidner et al. 2025, sec. 2.3).
 
 Every method minimises the mean squared misfit ``L(theta) = mean((f(theta) - u_obs)^2)`` over the crop, with
 ``theta = (x, y, z, mu_D, mu_rho)`` inside the surrogate's training box, and ends with one run of the
-Fisher-Kolmogorov solver at the ``theta`` it found (seed 000's final high-precision run):
+Fisher-Kolmogorov solver at the ``theta`` it found (Weidner et al.'s (2025) final high-precision run):
 
 * ``gradient``: L-BFGS-B (scipy) through the frozen surrogate, with exact gradients from JAX (GB);
 * ``direct``: the inverse encoder's prediction, one network call;

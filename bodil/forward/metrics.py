@@ -1,4 +1,4 @@
-"""How close a predicted tumour concentration is to the true one (seed 000 sec. 2.3, seed 002 sec. 3).
+"""How close a predicted tumour concentration is to the true one (Weidner et al. 2025, sec. 2.3, Toledo-Marín et al. 2021, sec. 3).
 
 For a prediction ``p`` and truth ``t`` on the same crop (``N`` voxels):
 
@@ -6,7 +6,7 @@ For a prediction ``p`` and truth ``t`` on the same crop (``N`` voxels):
     MSE_norm = MSE / V,   MAE_norm = MAE / V,     V = #{t >= volume_threshold}   (true tumour volume, voxels)
     NCC = sum (p - mean p)(t - mean t) / sqrt(sum (p - mean p)^2 sum (t - mean t)^2)
 
-and seed 002's residual statistics of ``r = |p - t|``: its mean, 99th percentile and maximum. Every function
+and Toledo-Marín et al.'s (2021) residual statistics of ``r = |p - t|``: its mean, 99th percentile and maximum. Every function
 takes one field or a batch (leading axes) and returns one value per field.
 """
 

@@ -1,18 +1,18 @@
-"""Neural surrogate of the Fisher-Kolmogorov solver: a ConvNeXt U-Net (seed 000 sec. 2.2) in equinox.
+"""Neural surrogate of the Fisher-Kolmogorov solver: a ConvNeXt U-Net (Weidner et al. 2025, sec. 2.2) in equinox.
 
 The forward network maps the reduced parameters and the tissue to the tumour concentration on a crop,
 
     f_phi : (theta, c_w, c_g) -> u,     theta = (x, y, z, mu_D, mu_rho)   (``bodil.forward.dataset``)
 
-and the inverse (direct-prediction) network maps ``(u, c_w, c_g)`` back to ``theta`` (seed 000 sec. 2.3).
+and the inverse (direct-prediction) network maps ``(u, c_w, c_g)`` back to ``theta`` (Weidner et al. 2025, sec. 2.3).
 
 Architecture. A ConvNeXt block (Liu et al. 2022) is ``x + gamma * W2 gelu(W1 LN(dwconv7(x)))``: a
 depthwise 7^3 convolution, a layer norm over channels, a pointwise MLP of width 4C and a learned per-channel
 scale ``gamma``. The U-Net has four stages of widths ``(C, 2C, 4C, 8C)`` at resolutions ``n, n/2, n/4,
 n/8``; stages are joined by 2^3 stride-2 convolutions down and their transposes up, with skip connections
 added. The normalised parameters pass through one linear layer whose output is added channel-wise to the
-bottleneck (seed 000). Its input channels are ``c_w``, ``c_g`` and channels computed from ``theta``
-(``theta_channels``): the initial seed (seed 000 feeds it as a side constraint) and the linearised FK solution
+bottleneck (Weidner et al. (2025)). Its input channels are ``c_w``, ``c_g`` and channels computed from ``theta``
+(``theta_channels``): the initial seed (Weidner et al. (2025) feeds it as a side constraint) and the linearised FK solution
 in homogeneous white matter, which carries ``mu_D`` and ``mu_rho`` to every voxel. The
 output is ``sigmoid``, multiplied by the tissue mask ``c_w + c_g >= 0.1`` (no tumour outside the brain's
 tissue, as in the solver). The inverse network is the same encoder followed by global average pooling, a layer norm and a linear layer to the five normalised parameters.
@@ -81,7 +81,7 @@ def depthwise_conv3d(x, kernel):
 
 
 SEED_MASS, SEED_DT2 = FKSettings.mass, FKSettings.dt2
-"""``M`` and ``Dt^2`` (mm^2) of the data's initial condition (seed 003 eq. 27-28, ``FKSettings``)."""
+"""``M`` and ``Dt^2`` (mm^2) of the data's initial condition (Amoudruz et al. 2025, eq. 27-28, ``FKSettings``)."""
 
 THETA_CHANNELS = ("seed", "homogeneous")
 """The input channels computed from ``theta`` (``theta_channels``)."""
@@ -102,7 +102,7 @@ def theta_channels(theta, size: int, spacing_mm: float, names: Sequence[str] = T
     (``x_0`` = crop centre + ``theta[:3]`` mm), shape ``(len(names), n, n, n)``:
 
     - ``"seed"``: the initial tumour ``exp(-r^2 / (4 Dt^2))``, ``r = |x - x_0|``, unclipped so that it is
-      smooth in the origin (seed 000 feeds the seed as a side constraint);
+      smooth in the origin (Weidner et al. (2025) feeds the seed as a side constraint);
     - ``"homogeneous"``: the FK solution in unbounded homogeneous white matter, linearised and then saturated,
       ``s / (1 + s)`` with
 
@@ -317,7 +317,7 @@ class ForwardSurrogate(eqx.Module):
 
 
 class InverseEncoder(eqx.Module):
-    """ConvNeXt encoder ``(u (n, n, n), tissue (2, n, n, n)) -> theta_normalised (5,)`` (seed 000 direct
+    """ConvNeXt encoder ``(u (n, n, n), tissue (2, n, n, n)) -> theta_normalised (5,)`` (Weidner et al. (2025) direct
     inverse prediction)."""
 
     encoder: _Encoder

@@ -144,7 +144,7 @@ def _check_settings(backend, kernel, num_samples, num_warmup, num_chains, chain_
             raise ValueError(f"hmc: {name} must be an integer >= {low}, got {value!r}.")
     if kernel == "hmc" and num_steps is None:
         raise ValueError("hmc: kernel='hmc' (static HMC) needs num_steps, the leapfrog steps per proposal "
-                         "(seed 003: num_steps=10).")
+                         "(Amoudruz et al. (2025): num_steps=10).")
     if kernel == "nuts" and num_steps is not None:
         raise ValueError("hmc: num_steps sets static HMC's path length; NUTS chooses its own (use max_tree_depth), "
                          "or pass kernel='hmc'.")
@@ -152,7 +152,7 @@ def _check_settings(backend, kernel, num_samples, num_warmup, num_chains, chain_
         raise ValueError(f"hmc: num_steps must be a positive integer, got {num_steps!r}.")
     if not adapt and step_size is None:
         raise ValueError("hmc: adapt=False keeps the step size fixed, so step_size is required "
-                         "(seed 003: step_size=0.008).")
+                         "(Amoudruz et al. (2025): step_size=0.008).")
     if step_size is not None and not (np.isfinite(step_size) and step_size > 0):
         raise ValueError(f"hmc: step_size must be positive and finite, got {step_size!r}.")
     if adapt and num_warmup == 0:

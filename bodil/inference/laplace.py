@@ -1,4 +1,4 @@
-"""The Laplace approximation of ``p(u, theta | D)`` around the MAP (seed 003 eq. 10).
+"""The Laplace approximation of ``p(u, theta | D)`` around the MAP (Amoudruz et al. 2025, eq. 10).
 
 With ``v = (u, theta)`` (theta on its constrained scale) and ``f(v) = -log p(v | D)``,
 

@@ -1,4 +1,4 @@
-"""The mode approximation of the parameter posterior (seed 003 eq. 12):
+"""The mode approximation of the parameter posterior (Amoudruz et al. 2025, eq. 12):
 
     log p(theta | D) ~ log p(u*(theta), theta | D),   u*(theta) = argmax_u log p(u, theta | D).
 
@@ -21,7 +21,7 @@ default ``ftol = 1e-12`` of ``GaussNewton`` is far tighter than a sampler needs;
 ``|f|`` is in the hundreds). ``gtol`` is an absolute bound on ``|grad f|_inf``, a secondary stop.
 
 Where ``log p`` is quadratic in ``u`` (linear PDE, Gaussian likelihood) the marginal is exact with the
-log-determinant term (seed 003, after eq. 14):
+log-determinant term (Amoudruz et al. (2025), after eq. 14):
 
     log p(theta | D) = log p(u*(theta), theta | D) + (d / 2) log(2 pi) - 1/2 log det H(theta) + const,
 

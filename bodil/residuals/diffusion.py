@@ -1,4 +1,4 @@
-"""Diffusion (heat) equation residuals, midpoint in time, seed 003 eq. 17.
+"""Diffusion (heat) equation residuals, midpoint in time, Amoudruz et al. 2025, eq. 17.
 
     r^n_i = (u^{n+1}_i - u^n_i) / dt - D (u^{n+1/2}_{i-1} - 2 u^{n+1/2}_i + u^{n+1/2}_{i+1}) / dx^2,
     u^{n+1/2} = (u^n + u^{n+1}) / 2.

@@ -1,7 +1,7 @@
 """Initial-condition residuals ``r = u(t=0, x) - u_0(x; theta)`` on the space points.
 
-* ``gaussian_bump``: seed 003 eq. 22, ``u_0 = exp(-|x - x_0|^2 / (2 R^2))``.
-* ``clipped_gaussian``: seed 003 eq. 27-28 (GliODIL), ``u_0 = M / (4 pi Dt^2)^{d/2}
+* ``gaussian_bump``: Amoudruz et al. 2025, eq. 22, ``u_0 = exp(-|x - x_0|^2 / (2 R^2))``.
+* ``clipped_gaussian``: Amoudruz et al. 2025, eq. 27-28 (GliODIL), ``u_0 = M / (4 pi Dt^2)^{d/2}
   exp(-|x - x_0|^2 / (4 Dt^2))`` set to 0 below ``cutoff`` and clipped at 1; lengths in the grid's units
   (mm for the tumour model, ``Dt^2`` in mm^2).
 
@@ -45,7 +45,7 @@ def clipped_gaussian_profile(theta, grid, center: Sequence[Coefficient], mass: C
 
 
 def gaussian_bump(center: Sequence[Coefficient] = ("x0", "y0"), radius: Coefficient = 1.0 / 16.0) -> Callable:
-    """IC residual ``u(0, x) - exp(-|x - x_0|^2 / (2 R^2))`` (seed 003 eq. 22; ``R = L/16`` there)."""
+    """IC residual ``u(0, x) - exp(-|x - x_0|^2 / (2 R^2))`` (Amoudruz et al. 2025, eq. 22; ``R = L/16`` there)."""
 
     def residual(u, theta, grid):
         return {"ic": u[0] - gaussian_profile(theta, grid, center, radius).astype(u.dtype)}
@@ -55,7 +55,7 @@ def gaussian_bump(center: Sequence[Coefficient] = ("x0", "y0"), radius: Coeffici
 
 def clipped_gaussian(center: Sequence[Coefficient] = ("x0", "y0", "z0"), mass: Coefficient = 1500.0,
                      dt2: Coefficient = 15.0, cutoff: float = 0.1) -> Callable:
-    """IC residual ``u(0, x) - clip(u_0)`` with GliODIL's ``u_0`` (seed 003 eq. 27-28, M = 1500, Dt^2 = 15 mm^2)."""
+    """IC residual ``u(0, x) - clip(u_0)`` with GliODIL's ``u_0`` (Amoudruz et al. 2025, eq. 27-28, M = 1500, Dt^2 = 15 mm^2)."""
 
     def residual(u, theta, grid):
         return {"ic": u[0] - clipped_gaussian_profile(theta, grid, center, mass, dt2, cutoff).astype(u.dtype)}

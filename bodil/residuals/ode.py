@@ -1,11 +1,11 @@
-"""ODE residuals on a time grid by the implicit midpoint (trapezoidal) rule, seed 003 eq. 15.
+"""ODE residuals on a time grid by the implicit midpoint (trapezoidal) rule, Amoudruz et al. 2025, eq. 15.
 
 For ``du/dt = f(u, theta)`` on nodes ``t_0 .. t_N`` the residual at interval ``i`` is
 
     r_i = (u_{i+1} - u_i) / dt - (f(u_{i+1}) + f(u_i)) / 2,
 
 which is second-order accurate in ``dt``. For the harmonic oscillator ``x' = v, v' = -omega^2 x`` this is
-exactly seed 003 eq. 15.
+exactly Amoudruz et al. 2025, eq. 15.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def midpoint_ode(rhs: Callable, *, time_axis: str | int = 0) -> Callable:
 
 
 def harmonic_oscillator(omega2: Coefficient = "omega2", *, time_axis: str | int = 0) -> Callable:
-    """Harmonic oscillator ``x' = v, v' = -omega^2 x`` (seed 003 eq. 13-15).
+    """Harmonic oscillator ``x' = v, v' = -omega^2 x`` (Amoudruz et al. 2025, eq. 13-15).
 
     The field is ``u = {"x": positions, "v": velocities}`` on the time nodes; ``omega2`` (``k/m``) is a
     parameter name (default ``"omega2"``), a number or a function ``(theta, grid) -> value``.

@@ -1,4 +1,4 @@
-"""Reaction-diffusion (Fisher-KPP) residuals in 1, 2 and 3 space dimensions, seed 003 appendix A.
+"""Reaction-diffusion (Fisher-KPP) residuals in 1, 2 and 3 space dimensions, Amoudruz et al. 2025, appendix A.
 
 On a space-time grid with time first (node layout) and ``d`` space axes,
 
@@ -32,7 +32,7 @@ class ReactionDiffusion:
 
     Args:
         diffusivity: ``D(x)``, a number, a space-shaped array, a parameter name or ``(theta, grid) -> array``
-            (for example ``lambda th, g: th["Dw"] * wm + th["Dg"] * gm``, seed 003 eq. 29).
+            (for example ``lambda th, g: th["Dw"] * wm + th["Dg"] * gm``, Amoudruz et al. 2025, eq. 29).
         rho: reaction rate; number, parameter name or callable. Use ``0.0`` for pure diffusion.
         tissue: optional tissue fraction (white + grey matter) at the space points; faces touching a point
             with fraction below ``tissue_threshold`` carry no flux (no flux into CSF or background).
@@ -87,5 +87,5 @@ def reaction_diffusion(diffusivity: Coefficient = "D", rho: Coefficient = "rho",
 
 
 def fisher_kpp(diffusivity: Coefficient = "D", rho: Coefficient = "rho", **kwargs) -> Callable:
-    """Fisher-KPP ``u_t = div(D grad u) + rho u (1 - u)`` (seed 003 eq. 19 and 26); see ``reaction_diffusion``."""
+    """Fisher-KPP ``u_t = div(D grad u) + rho u (1 - u)`` (Amoudruz et al. 2025, eq. 19 and 26); see ``reaction_diffusion``."""
     return reaction_diffusion(diffusivity, rho, **kwargs)

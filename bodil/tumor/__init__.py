@@ -1,5 +1,5 @@
 """The brain-tumour (glioma) application: inputs, synthetic patients and, on top of the generic core, the
-GliODIL posterior (seed 003 sec. 3.4).
+GliODIL posterior (Amoudruz et al. 2025, sec. 3.4).
 
 * ``anatomy``: tissue fractions from NIfTI or the MNI152 atlas; cubic boxes (``Crop``) and resampling.
 * ``segmentation``: label conventions (BraTS 2021 / 2023 / custom) -> likelihood classes, checks.

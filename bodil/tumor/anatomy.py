@@ -3,7 +3,7 @@ model is solved in.
 
 An ``Anatomy`` holds white-matter, grey-matter and CSF fractions ``c_w``, ``c_g``, ``c_csf`` in ``[0, 1]``
 on one voxel grid with its 4x4 voxel-to-world ``affine`` (mm). The tumour diffuses in tissue
-(``c_w + c_g``, seed 003 eq. 29); the brain (tissue + CSF) bounds the clinical target volumes.
+(``c_w + c_g``, Amoudruz et al. 2025, eq. 29); the brain (tissue + CSF) bounds the clinical target volumes.
 
 A ``Crop`` is a cube of ``n^3`` cell centres with isotropic spacing ``h = side_mm / n``, aligned with the
 input voxel axes: box point ``i`` (per axis) sits at box coordinate ``(i + 1/2) h`` mm, exactly the points

@@ -1,7 +1,7 @@
 """Clinical target volumes (CTV): standard margins, model CTVs of equal volume, posterior ensembles.
 
 The standard plan of radiotherapy treats every brain voxel within a margin ``m`` (10, 15, 20 mm) of the
-tumour core (seed 003 sec. 3.4):
+tumour core (Amoudruz et al. 2025, sec. 3.4):
 
     CTV_std(m) = core  U  {x in brain : d(x, core) <= m}
 

@@ -1,4 +1,4 @@
-"""The GliODIL posterior for one patient (seed 003 sec. 3.4, eq. 26-32).
+"""The GliODIL posterior for one patient (Amoudruz et al. 2025, sec. 3.4, eq. 26-32).
 
 On a cubic box of side ``L`` mm around the tumour (``n^3`` cell-centred points, spacing ``h = L / n``) and
 ``n_t`` time nodes on ``[0, T]`` days, the unknowns are the tumour-cell concentration ``u(t, x)`` and

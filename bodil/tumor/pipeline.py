@@ -1,6 +1,6 @@
 """From a tumour segmentation and tissue maps to a posterior ensemble of clinical target volumes.
 
-The stages (seed 003 sec. 3.4; each with its own progress bar):
+The stages (Amoudruz et al. 2025, sec. 3.4; each with its own progress bar):
 
 1. inputs: the segmentation's classes (0 healthy, 1 edema, 2 core) and the tissue maps, checked to share one
    grid and affine;
@@ -8,7 +8,7 @@ The stages (seed 003 sec. 3.4; each with its own progress bar):
 3. MAP: a forward fit of ``(Dw, rho, x0, y0, z0)`` (Nelder-Mead on explicit Fisher-Kolmogorov runs),
    then the GliODIL posterior (``bodil.tumor.model``) maximised jointly over the field and those parameters
    by Gauss-Newton (ODIL) from the forward solution;
-4. posterior: BASIS (``beta = 0.7``, ``gamma = 1.5``, ``l_max = 3``; not seed 003's ``beta = 0.2``,
+4. posterior: BASIS (``beta = 0.7``, ``gamma = 1.5``, ``l_max = 3``; not Amoudruz et al.'s (2025) ``beta = 0.2``,
    ``l_max = 1``, see ``Settings``) on the mode approximation of ``p(x0, y0, z0 | D)`` with the other
    parameters at their MAP values (by default its
    ``lambda_PDE -> infinity`` limit, a forward run per evaluation; ``Settings.inner``), its likelihood
@@ -49,7 +49,7 @@ from .segmentation import Segmentation, load_segmentation
 @dataclasses.dataclass(frozen=True)
 class Settings:
     """Numbers that define one run. Defaults are sized for a 2-core laptop (a few minutes);
-    ``Settings.paper()`` gives seed 003's (64^3 x 128 points, 512 samples: a GPU job).
+    ``Settings.paper()`` gives Amoudruz et al.'s (2025) (64^3 x 128 points, 512 samples: a GPU job).
 
     Attributes:
         grid: points per axis of the box (``n``).
@@ -62,7 +62,7 @@ class Settings:
         map_parameters: parameters fitted by the MAP; the others stay at their fixed values
             (``ratio = Dw / Dg = 10``, ``tau_lo = 0.25``, ``tau_up = 0.675``).
         posterior_parameters: parameters sampled by BASIS (the rest fixed at the MAP).
-        likelihood: ``"sigmoid"`` (seed 003 eq. 36, smooth: the inner Newton solves converge) or
+        likelihood: ``"sigmoid"`` (Amoudruz et al. 2025, eq. 36, smooth: the inner Newton solves converge) or
             ``"interval"`` (eq. 30, the paper's hinge).
         lambda_pde, lambda_ic, sigma: weights of eq. 32 and the likelihood width.
         error_correlation_mm: the distance ``l`` (mm) over which the errors of the segmentation and of the
@@ -76,7 +76,7 @@ class Settings:
             untempered posterior of the initial position was a few hundredths of a mm wide and missed the
             truth by tenths of a mm. ``benchmarks/tumor_calibration.py`` measures the coverage of the
             credible regions for several ``l`` on synthetic patients other than ``benchmarks/tumor.py``'s; the
-            default is the smallest that covered them. ``None``: ``w = 1``, seed 003's likelihood as is.
+            default is the smallest that covered them. ``None``: ``w = 1``, Amoudruz et al.'s (2025) likelihood as is.
         beta, gamma, lmax: BASIS settings: proposal covariance ``beta^2`` times the particles' weighted
             covariance, target coefficient of variation of the incremental weights, Metropolis steps per sample.
             Seed 003's ``beta = 0.2, lmax = 1`` (Korali's BASIS) are too noisy for the samples to be used: on
@@ -98,7 +98,7 @@ class Settings:
             (``bodil.forward.surrogate.pretrained()``, placed on the patient by ``bodil.tumor.surrogate``) in
             place of the FK run: one network call per evaluation.
         initializer: how the MAP is started. ``"forward"``: Nelder-Mead on explicit FK runs (a few hundred);
-            ``"surrogate"``: L-BFGS-B through the neural surrogate with its exact gradient (seed 000's
+            ``"surrogate"``: L-BFGS-B through the neural surrogate with its exact gradient (Weidner et al.'s (2025)
             gradient-based inversion against the segmentation's likelihood). Either way ODIL (joint
             Gauss-Newton) then polishes the MAP from the FK solution at that start.
         inner_ftol: relative accuracy of each inner solve's log density (``1e-6`` of a loss of a few

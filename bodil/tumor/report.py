@@ -101,6 +101,15 @@ ASSUMPTIONS = (
     "radiotherapy, chemotherapy) and no mass effect (tissue is not displaced by the tumour).",
 )
 
+REFERENCES = (
+    "Tumour model, discretisation and CTV protocol: M. Balcerak et al., Individualizing glioma radiotherapy "
+    "planning by optimization of data and physics-informed discrete loss. Nature Communications 16:5982 (2025).",
+    "Posterior over the growth parameters (mode approximation, BASIS sampling, CTV ensembles): L. Amoudruz, "
+    "S. Litvinov, C. Papadimitriou, P. Koumoutsakos, Bayesian Inference for PDE-based Inverse Problems using "
+    "the Optimization of a Discrete Loss (2025); S. Wu et al., Bayesian annealed sequential importance "
+    "sampling, ASCE-ASME J. Risk Uncertainty Eng. Syst. B 4(1):011008 (2018).",
+)
+
 
 # ---------------------------------------------------------------------------------------------- content
 @dataclasses.dataclass
@@ -451,7 +460,7 @@ def _note_lines(content: ReportContent) -> list[tuple[str, str]]:
     """(style, text) lines of the notes pages."""
     lines: list[tuple[str, str]] = [("h1", "How to read this report")]
     sections = (("What the uncertainty means", MEANING), ("What the model assumes", ASSUMPTIONS),
-                ("Notes from the run", tuple(content.notes) or ("(none)",)))
+                ("Notes from the run", tuple(content.notes) or ("(none)",)), ("References", REFERENCES))
     for head, paragraphs in sections:
         lines.append(("h2", head))
         for p in paragraphs:
@@ -519,7 +528,8 @@ def _html(content: ReportContent, written: str, images: list[tuple[str, str]]) -
         parts.append(f"<h2>{e(title)}</h2>")
         parts.append(f'<img alt="{e(title)}" src="data:image/png;base64,{data}">')
     for head, paragraphs in (("What the uncertainty means", MEANING), ("What the model assumes", ASSUMPTIONS),
-                             ("Notes from the run", tuple(content.notes) or ("(none)",))):
+                             ("Notes from the run", tuple(content.notes) or ("(none)",)),
+                             ("References", REFERENCES)):
         parts.append(f"<h2>{e(head)}</h2><ul>" + "".join(f"<li>{e(p)}</li>" for p in paragraphs) + "</ul>")
     parts.append(f'<p class="warn">{e(RESEARCH_USE)}</p></body></html>')
     return "\n".join(parts)

@@ -1,7 +1,7 @@
 """Tumour segmentations: label conventions -> the classes of the likelihood.
 
 The likelihoods (``bodil.likelihood``) use one class per voxel: ``HEALTHY`` = 0, ``EDEMA`` = 1 (visible
-tumour outside the core, "glioma" in seed 003 eq. 31), ``CORE`` = 2 (necrotic and enhancing core) and
+tumour outside the core, "glioma" in Amoudruz et al. 2025, eq. 31), ``CORE`` = 2 (necrotic and enhancing core) and
 ``IGNORE`` = -1 (not observed). Segmentation files use integer labels whose meaning depends on the
 convention, which is always explicit:
 

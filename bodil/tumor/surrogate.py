@@ -4,7 +4,7 @@ The surrogate was trained on crops of ``n^3`` voxels at spacing ``h_s`` centred 
 mass. ``SurrogateBox`` places such a crop on the patient, centred on the visible tumour's centre of mass,
 fills it with the patient's tissue, and maps the tumour model's parameters to the surrogate's,
 
-    offset = x_0 - (crop centre)  (mm),   mu_D = sqrt(Dw T),   mu_rho = sqrt(rho T)    (seed 000 sec. 2.1)
+    offset = x_0 - (crop centre)  (mm),   mu_D = sqrt(Dw T),   mu_rho = sqrt(rho T)    (Weidner et al. 2025, sec. 2.1)
 
 (the surrogate's ``Dg = Dw / 10``: the model's ``ratio`` must be 10). The predicted concentration is
 carried onto the model's box by separable multilinear interpolation (both boxes are aligned with the input
@@ -110,7 +110,7 @@ def surrogate_box(model: TumorModel, surrogate: Surrogate, anatomy: Anatomy, vis
 def fit_surrogate(model: TumorModel, sbox: SurrogateBox, theta0: dict, *, maxiter: int = 200) -> dict:
     """Start of the MAP from the surrogate: maximise ``log p(D | u_s(theta), theta) + log p(theta)`` over the
     model's inferred parameters by L-BFGS-B in unconstrained coordinates, with the surrogate's exact gradient
-    (seed 000's gradient-based inversion, here against the segmentation's likelihood)."""
+    (Weidner et al.'s (2025) gradient-based inversion, here against the segmentation's likelihood)."""
     import scipy.optimize
 
     params = model.posterior.params

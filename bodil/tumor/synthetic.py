@@ -1,6 +1,6 @@
 """Synthetic glioma patients: a Fisher-Kolmogorov tumour grown in an anatomy, with its segmentation.
 
-The ground truth is ``bodil.forward.solve_fk`` (seed 003 eq. 26-29, mm and days) started from GliODIL's
+The ground truth is ``bodil.forward.solve_fk`` (Amoudruz et al. 2025, eq. 26-29, mm and days) started from GliODIL's
 clipped Gaussian at ``origin`` and run for ``t_final`` days on a cubic box around the origin, then placed
 into the full volume. The segmentation thresholds the final concentration ``u`` as imaging does (BraTS
 2021 labels, only in tissue ``c_w + c_g >= 0.1``):
@@ -133,7 +133,7 @@ def synthetic_patient(anatomy: Anatomy, *, origin=None, dw: float = 0.5, dg: flo
             ``None`` labels the whole core enhancing.
         box_mm: side of the cubic box the PDE is solved in; default from the tumour's expected radius,
             enlarged automatically until the concentration on the box faces is below 1e-3.
-        mass, dt2: ``M`` and ``Dt^2`` (mm^2) of the initial condition (seed 003 eq. 28).
+        mass, dt2: ``M`` and ``Dt^2`` (mm^2) of the initial condition (Amoudruz et al. 2025, eq. 28).
 
     Raises:
         InputError: origin outside the volume or not in tissue, an empty core or a tumour that reaches the
