@@ -63,7 +63,7 @@ from numpyro import distributions as dist
 
 from ..optimize.cg import truncated_cg
 from ..optimize.objective import Objective
-from ..optimize.preconditioner import _time_march, applies_time_marching, capped_points
+from ..optimize.preconditioner import applies_time_marching, capped_points, time_march
 from ..terms import Squares
 from .prior_normaliser import field_prior_normaliser
 
@@ -371,7 +371,7 @@ class _LowRank:
         shape = self.posterior.grid.shape
         march = None
         if self._march_obj is not None:
-            forward, backward = _time_march(self._march_obj, x_unc, self.rtol)
+            forward, backward = time_march(self._march_obj, x_unc, self.rtol)
             march = lambda v: forward(backward(v.reshape(shape))).reshape(-1)  # noqa: E731
         if self._march_exact:
             p_inv = march

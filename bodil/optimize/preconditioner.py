@@ -91,7 +91,7 @@ def applies_time_marching(obj) -> bool:
             and tuple(u.shape) == post.grid.shape)
 
 
-def _time_march(obj, x, inner_rtol: float):
+def time_march(obj, x, inner_rtol: float):
     """Return ``(apply_B_inv, apply_B_inv_T)`` for the field part, or ``None`` if not applicable."""
     if not applies_time_marching(obj):
         return None
@@ -155,7 +155,7 @@ def time_marching_preconditioner(obj, x, matvec, fix_theta: bool = False, inner_
     single-field Crank-Nicolson reaction-diffusion problem. With ``fix_theta`` the parameter block is zeroed
     (field-only solves). ``P`` is symmetric positive definite; it is the exact inverse of the PDE and IC
     curvature unless ``capped_points(obj, x) > 0``."""
-    march = _time_march(obj, x, inner_rtol)
+    march = time_march(obj, x, inner_rtol)
     if march is None:
         return None
     forward, backward = march

@@ -1,0 +1,77 @@
+"""Argument checks shared by bodil's entry points: one wording for one kind of mistake.
+
+Each check raises ``ValueError`` (``TypeError`` for a wrong kind of object) whose message starts with the
+caller's name, says what was given and what is allowed, and returns the value converted to its plain type.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable, Mapping
+
+import jax
+
+
+def choice(where: str, name: str, value: Any, options: Iterable) -> Any:
+    """``value`` if it is one of ``options``."""
+    options = tuple(options)
+    if value not in options:
+        raise ValueError(f"{where}: unknown {name} {value!r}; choose one of {options}.")
+    return value
+
+
+def integer(where: str, name: str, value: Any, low: int = 0, high: int | None = None) -> int:
+    """``int(value)`` if it is a whole number in ``[low, high]``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+        raise ValueError(f"{where}: {name} must be an integer, got {value!r}.")
+    if value < low or (high is not None and value > high):
+        bound = f">= {low}" if high is None else f"in [{low}, {high}]"
+        raise ValueError(f"{where}: {name} must be an integer {bound}, got {value!r}.")
+    return int(value)
+
+
+def positive(where: str, name: str, value: Any, allow_zero: bool = False) -> float:
+    """``float(value)`` if it is finite and ``> 0`` (``>= 0`` with ``allow_zero``)."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or value < 0 or (value == 0 and not allow_zero):
+        what = "non-negative" if allow_zero else "positive"
+        raise ValueError(f"{where}: {name} must be a finite {what} number, got {value!r}.")
+    return float(value)
+
+
+def open_interval(where: str, name: str, value: Any, low: float, high: float) -> float:
+    """``float(value)`` if ``low < value < high``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low < value < high:
+        raise ValueError(f"{where}: {name} must lie in ({low}, {high}), got {value!r}.")
+    return float(value)
+
+
+def no_unknown(where: str, options: Mapping[str, Any], known: Iterable[str]) -> None:
+    """Refuse keyword options that ``where`` does not take (a typo would otherwise be ignored)."""
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise TypeError(f"{where}: unknown option(s) {', '.join(map(repr, unknown))}; "
+                        f"it takes {', '.join(sorted(known))}.")
+
+
+def as_key(where: str, seed: Any) -> jax.Array:
+    """A ``jax.random`` key from ``seed``: an integer, or a key (typed ``jax.random.key`` or raw ``PRNGKey``)."""
+    if isinstance(seed, jax.Array) and (jax.dtypes.issubdtype(seed.dtype, jax.dtypes.prng_key)
+                                        or (seed.shape == (2,) and seed.dtype.name == "uint32")):
+        return seed
+    if isinstance(seed, bool) or not isinstance(seed, int) and not (hasattr(seed, "__index__")
+                                                                    and getattr(seed, "ndim", 0) == 0):
+        raise TypeError(f"{where}: seed must be an integer or a jax.random key, got {type(seed).__name__}.")
+    return jax.random.key(int(seed))
+
+
+def starting_point(where: str, init: Any) -> tuple[Any, dict]:
+    """``(u, theta)`` from a ``MAPResult`` (anything with ``.u`` and ``.theta``) or a pair ``(u, theta)``."""
+    if hasattr(init, "u") and hasattr(init, "theta"):
+        return init.u, init.theta
+    try:
+        u, theta = init
+    except (TypeError, ValueError):
+        raise TypeError(f"{where}: the starting point must be a MAPResult or a pair (u, theta) with theta "
+                        f"constrained, got {type(init).__name__}.") from None
+    return u, theta
