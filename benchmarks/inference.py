@@ -222,7 +222,7 @@ def evidence_table(seeds: int = 5, n: int = 1000) -> list[dict]:
 
 
 FAMILY_RATE = 1e-4  # false-alarm probability of one whole test function (as tests/montecarlo.py)
-PIPELINE = dict(n=128, beta=0.7, gamma=1.5, lmax=3)  # bodil.tumor.pipeline.Settings: samples, beta, gamma, lmax
+PIPELINE = dict(n=128, beta=0.7, gamma=1.5, lmax=3)  # bodil.tumor.CTVSettings: num_samples, beta, gamma, lmax
 
 
 def z_bound(k: int, rate: float = FAMILY_RATE) -> float:

@@ -13,13 +13,13 @@ For each patient (a tumour grown by ``bodil.forward.fk`` on MNI152 at 2 mm with 
   ``--inner-samples`` origins drawn from the patient's posterior (the first as the parameters of the MAP
   field, the others in turn, each warm-started from the nearest previous solution, as in BASIS):
   the default ``inner="forward"`` (one explicit Fisher-Kolmogorov run, the ``lambda_PDE -> infinity`` limit),
-  ``inner="odil"`` (bodil's inner ODIL solve: Levenberg-Marquardt Gauss-Newton, ``Settings.inner_iterations``
+  ``inner="odil"`` (bodil's inner ODIL solve: Levenberg-Marquardt Gauss-Newton, ``CTVSettings.inner_iterations``
   iterations), and the paper's recipe (a cold-start Adam solve of 5000 epochs from a zero field, lr 1e-3
   halved on 50-epoch plateaus; ``--adam-epochs`` below 5000 times that many and scales the time). With
   the cost, the objective ``-log p(u, theta | D)`` each inner solve reaches (lower is better: it is a
   maximisation over ``u``).
 
-    .venv/bin/python benchmarks/tumor.py                 # 5 patients, default Settings
+    .venv/bin/python benchmarks/tumor.py                 # 5 patients, default CTVSettings
     .venv/bin/python benchmarks/tumor.py --quick         # 2 patients, small grid
 """
 
@@ -40,7 +40,7 @@ import numpy as np  # noqa: E402
 import scipy.stats  # noqa: E402
 
 from bodil.optimize import Objective, adam  # noqa: E402
-from bodil.tumor import (Settings, classes_from_labels, crop_around, label_convention, mni152,  # noqa: E402
+from bodil.tumor import (CTVSettings, classes_from_labels, crop_around, label_convention, mni152,  # noqa: E402
                          run_ctv, synthetic_patient)
 from bodil.tumor.model import tumor_model  # noqa: E402
 from bodil.tumor.segmentation import Segmentation  # noqa: E402
@@ -59,7 +59,7 @@ def inner_solve_costs(seg, anatomy, settings, theta_map, origins, adam_epochs: i
     """Seconds per evaluation and the objective reached, for the three inner solves (module docstring)."""
     from bodil.inference import ModeApproximation
     from bodil.tumor.model import ORIGIN
-    from bodil.tumor.pipeline import _damping, _ForwardLikelihood
+    from bodil.tumor.model import ForwardLikelihood
 
     crop = crop_around(seg.tumor, seg.affine, scale=settings.box_scale, n=settings.grid)
     box = anatomy.crop(crop)
@@ -68,16 +68,16 @@ def inner_solve_costs(seg, anatomy, settings, theta_map, origins, adam_epochs: i
                         infer=ORIGIN, fixed=theta_map, likelihood=settings.likelihood, lambda_pde=settings.lambda_pde,
                         lambda_ic=settings.lambda_ic, sigma=settings.sigma)
     thetas = [{c: jnp.asarray(float(v)) for c, v in zip(ORIGIN, o)} for o in origins]
-    forward = _ForwardLikelihood(model)
+    forward = ForwardLikelihood(model)
     forward(thetas[0])  # compile
     fwd_start = time.perf_counter()
     for th in thetas[1:]:
         forward(th)
     fwd_s = (time.perf_counter() - fwd_start) / (len(thetas) - 1)
     u_start = model.forward(thetas[0], dtype=jnp.float64)
-    mode = ModeApproximation(model.posterior, u_start, thetas[0], ftol=settings.inner_ftol,
+    mode = ModeApproximation(model.posterior, (u_start, thetas[0]), ftol=settings.inner_ftol,
                              max_iter=settings.inner_iterations, cg_maxiter=settings.inner_cg_iterations,
-                             damping=_damping(settings), adaptive_damping=True, on_failure="lower-bound",
+                             damping=settings.inner_damping, adaptive_damping=True, on_failure="lower-bound",
                              initial=lambda th: model.forward(th))
     mode.solve(thetas[0])  # compile, and the first warm start
     evs = [mode.solve(th)[1] for th in thetas[1:]]
@@ -139,7 +139,7 @@ def evaluate(i, patient, dw, rho, anatomy, settings, adam_epochs, inner_samples,
                 spread=s["posterior"]["origin_spread_mm"], weight=s["posterior"]["likelihood_weight"],
                 mahalanobis=np.sqrt(d2), in_region=in_region,
                 in_marginals=in_marginals, cover=cover, evaluations=inner["inner_solves"],
-                per_sample=inner["wall_time"] / settings.samples, wall=s["wall_time_s"], **costs)
+                per_sample=inner["wall_time"] / settings.num_samples, wall=s["wall_time_s"], **costs)
 
 
 def main(argv=None):
@@ -149,15 +149,15 @@ def main(argv=None):
     ap.add_argument("--grid", type=int)
     ap.add_argument("--time-points", type=int)
     ap.add_argument("--samples", type=int)
-    ap.add_argument("--error-correlation", type=float, help="Settings.error_correlation_mm (0: untempered)")
+    ap.add_argument("--error-correlation", type=float, help="CTVSettings.error_correlation_mm (0: untempered)")
     ap.add_argument("--adam-epochs", type=int, default=5000,
                     help="Adam epochs per cold-start solve, 2 per patient (0: skip; below 5000 the time is scaled "
                          "and the loss is the one reached after these epochs)")
     ap.add_argument("--inner-samples", type=int, default=4, help="posterior origins per patient for the "
                     "inner-solve costs")
     args = ap.parse_args(argv)
-    settings = Settings(grid=12, time_points=10, samples=16) if args.quick else Settings()
-    over = {k: v for k, v in (("grid", args.grid), ("time_points", args.time_points), ("samples", args.samples))
+    settings = CTVSettings(grid=12, time_points=10, num_samples=16) if args.quick else CTVSettings()
+    over = {k: v for k, v in (("grid", args.grid), ("time_points", args.time_points), ("num_samples", args.samples))
             if v is not None}
     if args.error_correlation is not None:
         over["error_correlation_mm"] = args.error_correlation or None
@@ -167,7 +167,7 @@ def main(argv=None):
     n = 2 if args.quick else min(args.patients, len(PATIENTS))
     anatomy = mni152(2)
     print(f"# {n} synthetic patients on MNI152 (2 mm); grid {settings.grid}^3 x {settings.time_points}, "
-          f"{settings.samples} samples; errors correlated over {settings.error_correlation_mm} mm; "
+          f"{settings.num_samples} samples; errors correlated over {settings.error_correlation_mm} mm; "
           f"{jax.devices()[0].platform}")
     rows = []
     with tempfile.TemporaryDirectory() as work:

@@ -1,6 +1,6 @@
 """Coverage of the tumour posterior's credible regions against the error-correlation length ``l``.
 
-``Settings.error_correlation_mm`` tempers the segmentation's likelihood to one independent observation per
+``CTVSettings.error_correlation_mm`` tempers the segmentation's likelihood to one independent observation per
 ``l^3`` (``w = min(1, (h / l)^3)``, ``h`` the box spacing). This script chooses its default: on synthetic
 patients other than ``benchmarks/tumor.py``'s (drawn with a fixed seed: origin in white matter, ``Dw`` and
 ``rho`` log-uniform over a range of slow to fast tumours), it fits the MAP once per patient
@@ -33,7 +33,7 @@ import numpy as np  # noqa: E402
 import scipy.stats  # noqa: E402
 
 from bodil.io import InputError  # noqa: E402
-from bodil.tumor import Settings, classes_from_labels, label_convention, mni152, synthetic_patient  # noqa: E402
+from bodil.tumor import CTVSettings, classes_from_labels, label_convention, mni152, synthetic_patient  # noqa: E402
 from bodil.tumor.model import ORIGIN  # noqa: E402
 from bodil.tumor.pipeline import fit_map, sample_posterior  # noqa: E402
 from bodil.tumor.segmentation import Segmentation  # noqa: E402
@@ -79,13 +79,13 @@ def main(argv=None):
     ap.add_argument("--grid", type=int)
     ap.add_argument("--samples", type=int)
     args = ap.parse_args(argv)
-    over = {k: v for k, v in (("grid", args.grid), ("samples", args.samples)) if v is not None}
-    base = dataclasses.replace(Settings(), **over)
+    over = {k: v for k, v in (("grid", args.grid), ("num_samples", args.samples)) if v is not None}
+    base = dataclasses.replace(CTVSettings(), **over)
     anatomy = mni152(2)
     conv = label_convention("brats2021")
     patients = draw_patients(anatomy, args.patients)
     print(f"# {len(patients)} synthetic calibration patients on MNI152 (2 mm); grid {base.grid}^3 x "
-          f"{base.time_points}, {base.samples} samples")
+          f"{base.time_points}, {base.num_samples} samples")
     rows = {ell: [] for ell in args.lengths}
     for i, (patient, dw, rho) in enumerate(patients):
         start = time.perf_counter()

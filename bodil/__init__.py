@@ -6,10 +6,11 @@ Importing bodil changes no global state: enable float64 yourself (``jax.config.u
 True)``) where Hessians or tight tolerances need it; bodil takes its dtypes from the inputs.
 """
 
-from . import likelihood, residuals, stencil, terms
+from . import likelihood, progress, residuals, stencil, terms
 from .grid import Grid, LinearInterpolator
 from . import inference
 from .inference import Laplace, ModeApproximation, basis, hmc, laplace, smc, tmcmc
+from .inference.hmc import HMCSettings
 from .likelihood import Bernoulli, Gaussian, IntervalHinge, ThreeClassSigmoid
 from .optimize import MAPResult, Report, map_estimate
 from .posterior import Posterior
@@ -18,6 +19,7 @@ from .prior import LogNormal, Normal, Params, PDEPrior, Uniform
 __version__ = "0.1.0"
 
 __all__ = [
+    "HMCSettings",
     "Laplace",
     "ModeApproximation",
     "basis",
@@ -42,6 +44,7 @@ __all__ = [
     "Uniform",
     "likelihood",
     "map_estimate",
+    "progress",
     "residuals",
     "stencil",
     "terms",

@@ -69,9 +69,7 @@ def starting_point(where: str, init: Any) -> tuple[Any, dict]:
     """``(u, theta)`` from a ``MAPResult`` (anything with ``.u`` and ``.theta``) or a pair ``(u, theta)``."""
     if hasattr(init, "u") and hasattr(init, "theta"):
         return init.u, init.theta
-    try:
-        u, theta = init
-    except (TypeError, ValueError):
-        raise TypeError(f"{where}: the starting point must be a MAPResult or a pair (u, theta) with theta "
-                        f"constrained, got {type(init).__name__}.") from None
-    return u, theta
+    if isinstance(init, (tuple, list)) and len(init) == 2 and isinstance(init[1], Mapping):
+        return init[0], init[1]
+    raise TypeError(f"{where}: the starting point must be a MAPResult or a pair (u, theta) with theta a dict of "
+                    f"constrained parameters, got {type(init).__name__}.")

@@ -10,13 +10,15 @@
 ``ctv`` infers the tumour's growth from a segmentation (NIfTI) and tissue maps and writes the posterior
 CTV ensemble and a report; ``synth`` grows a synthetic patient on the MNI152 anatomy; ``demo`` does both
 on the built-in default (a synthetic patient on MNI152 at 2 mm). Bad input exits with status 2 and a
-message on stderr; nothing is written then.
+message on stderr; nothing is written then. The stages of a run (bodil's ``logging`` records at level INFO
+and above) are shown on stderr as ``[bodil] ...`` lines; results go to stdout.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 import os
 import sys
 
@@ -27,11 +29,33 @@ def _enable_float64():
     jax.config.update("jax_enable_x64", True)  # the command owns its process; the library never does this
 
 
-def _settings(args):
-    from .tumor.pipeline import Settings
+class _StderrHandler(logging.StreamHandler):
+    """Writes to the current ``sys.stderr`` (not the one at set-up), so redirections and captures see it."""
 
-    base = Settings.paper() if args.paper else Settings()
-    over = {k: v for k, v in (("grid", args.grid), ("time_points", args.time_points), ("samples", args.samples),
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
+def _show_progress_messages() -> None:
+    """Show bodil's log records (INFO and above) on stderr as ``[bodil] message``; once per process."""
+    logger = logging.getLogger("bodil")
+    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("[bodil] %(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+
+
+def _settings(args):
+    from .tumor.settings import CTVSettings
+
+    base = CTVSettings.paper() if args.paper else CTVSettings()
+    over = {k: v for k, v in (("grid", args.grid), ("time_points", args.time_points), ("num_samples", args.samples),
                               ("seed", args.seed), ("t_final", args.t_final),
                               ("inner_iterations", args.inner_iterations), ("inner", args.inner),
                               ("initializer", args.init)) if v is not None}
@@ -239,6 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from .io import InputError
 
+    _show_progress_messages()
     try:
         return {"ctv": ctv, "synth": synth, "demo": demo, "dataset": dataset,
                 "train-surrogate": train_surrogate}[args.command](args)

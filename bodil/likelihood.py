@@ -4,16 +4,16 @@ Each likelihood takes an ``observe(u, theta) -> predictions`` function (``None``
 ``bodil.Grid.interpolator`` gives linear interpolation at scattered points) and reports its share of
 ``-log p`` as blocks (``bodil.terms``). ``log_prob(u, theta)`` is the normalised log-likelihood.
 
-Tumour segmentations use integer classes per voxel: ``HEALTHY`` = 0, ``EDEMA`` = 1 (visible
-tumour, "glioma" in eq. 31), ``CORE`` = 2 (necrotic/enhancing core) and ``IGNORE`` = -1 (not
-observed, for example outside the brain).
+The interval and three-class likelihoods (eq. 30-31, 36) observe one integer class per voxel: where the
+field lies relative to two thresholds ``tau_lo < tau_up``: ``BELOW`` = 0 (``u < tau_lo``), ``BETWEEN`` = 1,
+``ABOVE`` = 2 (``u > tau_up``) and ``UNOBSERVED`` = -1 (no data at the voxel). The tumour application maps
+its segmentation labels onto these (``bodil.tumor.segmentation``: healthy, edema, core, ignore).
 """
 
 from __future__ import annotations
 
 import abc
 from collections.abc import Callable
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -22,7 +22,8 @@ import numpy as np
 from .residuals._coefficients import Coefficient, resolve
 from .terms import Scalar, Squares, total
 
-IGNORE, HEALTHY, EDEMA, CORE = -1, 0, 1, 2
+UNOBSERVED, BELOW, BETWEEN, ABOVE = -1, 0, 1, 2
+CLASSES = (UNOBSERVED, BELOW, BETWEEN, ABOVE)
 LOG_2PI = float(np.log(2.0 * np.pi))
 
 
@@ -115,22 +116,24 @@ def _classes(name: str, classes) -> jnp.ndarray:
         if np.issubdtype(arr.dtype, np.floating) and np.all(np.isfinite(arr)) and np.all(arr == np.round(arr)):
             arr = arr.astype(np.int32)
         else:
-            raise ValueError(f"{name}: classes must be integers (-1 ignore, 0 healthy, 1 edema, 2 core).")
-    bad = np.setdiff1d(np.unique(arr), [IGNORE, HEALTHY, EDEMA, CORE])
+            raise ValueError(f"{name}: classes must be integers (-1 unobserved, 0 below tau_lo, 1 between the "
+                             f"thresholds, 2 above tau_up).")
+    bad = np.setdiff1d(np.unique(arr), CLASSES)
     if bad.size:
-        raise ValueError(f"{name}: unknown class value(s) {bad.tolist()}; use -1 (ignore), 0 (healthy), "
-                         f"1 (edema) or 2 (core). Map segmentation labels first (bodil.tumor.segmentation).")
+        raise ValueError(f"{name}: unknown class value(s) {bad.tolist()}; use -1 (unobserved), 0 (below tau_lo), "
+                         f"1 (between) or 2 (above tau_up). Map segmentation labels first (for tumours: "
+                         f"bodil.tumor.segmentation.classes_from_labels).")
     return jnp.asarray(arr, jnp.int32)
 
 
 def interval_bounds(classes, tau_lo, tau_up):
-    """Per-voxel concentration interval of eq. 31:
-    healthy ``(0, tau_lo)``, edema ``(tau_lo, tau_up)``, core ``(tau_up, 1)``; ignored voxels ``(-inf, inf)``.
+    """Per-voxel interval of eq. 31: ``BELOW`` ``(0, tau_lo)``, ``BETWEEN`` ``(tau_lo, tau_up)``, ``ABOVE``
+    ``(tau_up, 1)``; ``UNOBSERVED`` voxels ``(-inf, inf)`` (tumours: healthy, edema, core, ignored).
     """
     c = jnp.asarray(classes)
     tau_lo, tau_up = jnp.asarray(tau_lo), jnp.asarray(tau_up)
-    lower = jnp.select([c == HEALTHY, c == EDEMA, c == CORE], [jnp.zeros_like(tau_lo), tau_lo, tau_up], -jnp.inf)
-    upper = jnp.select([c == HEALTHY, c == EDEMA, c == CORE], [tau_lo, tau_up, jnp.ones_like(tau_up)], jnp.inf)
+    lower = jnp.select([c == BELOW, c == BETWEEN, c == ABOVE], [jnp.zeros_like(tau_lo), tau_lo, tau_up], -jnp.inf)
+    upper = jnp.select([c == BELOW, c == BETWEEN, c == ABOVE], [tau_lo, tau_up, jnp.ones_like(tau_up)], jnp.inf)
     return lower, upper
 
 
@@ -161,8 +164,9 @@ class IntervalHinge(Likelihood):
 class ThreeClassSigmoid(Likelihood):
     """Normalised three-class model of Amoudruz et al. 2025, eq. 36 (appendix B):
 
-    ``P(healthy) = S((tau_lo - u)/sigma) / Z``, ``P(edema) = S((tau_up - u)/sigma) S((u - tau_lo)/sigma) / Z``,
-    ``P(core) = S((u - tau_up)/sigma) / Z``, with ``Z = 1 + S((u - tau_up)/sigma) S((tau_lo - u)/sigma)``.
+    ``P(BELOW) = S((tau_lo - u)/sigma) / Z``, ``P(BETWEEN) = S((tau_up - u)/sigma) S((u - tau_lo)/sigma) / Z``,
+    ``P(ABOVE) = S((u - tau_up)/sigma) / Z``, with ``Z = 1 + S((u - tau_up)/sigma) S((tau_lo - u)/sigma)``
+    (tumours: healthy, edema, core). ``UNOBSERVED`` voxels add nothing.
     """
 
     def __init__(self, observe: Callable | None, classes, tau_lo: Coefficient = "tau_lo",
@@ -173,7 +177,8 @@ class ThreeClassSigmoid(Likelihood):
         self.tau_lo, self.tau_up, self.sigma = tau_lo, tau_up, sigma
 
     def class_log_probs(self, u, theta):
-        """``log P(class | u)`` for the three classes, stacked on a new last axis (healthy, edema, core)."""
+        """``log P(class | u)`` for the three classes, stacked on a new last axis (``BELOW``, ``BETWEEN``,
+        ``ABOVE``)."""
         s = resolve(self.sigma, theta, None)
         a = (u - resolve(self.tau_lo, theta, None)) / s
         b = (u - resolve(self.tau_up, theta, None)) / s
@@ -186,5 +191,5 @@ class ThreeClassSigmoid(Likelihood):
         self._check_shape(pred, self.classes.shape)
         logp = self.class_log_probs(pred, theta)
         c = self.classes
-        picked = jnp.take_along_axis(logp, jnp.clip(c, 0, 2)[..., None], axis=-1)[..., 0]
-        return {"data/three_class": Scalar(-jnp.sum(jnp.where(c >= 0, picked, 0.0)))}
+        picked = jnp.take_along_axis(logp, jnp.clip(c, BELOW, ABOVE)[..., None], axis=-1)[..., 0]
+        return {"data/three_class": Scalar(-jnp.sum(jnp.where(c != UNOBSERVED, picked, 0.0)))}

@@ -1,6 +1,6 @@
 """The PDE prior ``p(u | theta) ~ exp(-beta L_PDE(u, theta))`` and priors on the parameters theta.
 
-Seed 003 eq. 3 and 7: the prior on the field is
+Amoudruz et al. 2025, eq. 3 and 7: the prior on the field is
 
     log p(u | theta) = -beta * L_PDE(u, theta) - beta_IC * L_IC(u, theta) + const,
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from bodil.tumor import ctv
+from bodil.tumor import ctv, ensemble
 
 
 def ball(shape, centre, radius_mm, spacing=(1.0, 1.0, 1.0)):
@@ -167,8 +167,8 @@ def test_ensemble_of_identical_samples_has_no_spread():
     core = ball(shape, (12, 12, 18), 3.0, spacing)
     brain = ball(shape, (12, 12, 18), 11.0, spacing)
     u = gaussian(shape, (13, 11, 17), 5.0, spacing)
-    ens = ctv.ctv_ensemble(np.stack([u] * 6), core, brain, spacing, margins_mm=(2, 4))
-    assert ens.n_samples == 6
+    ens = ensemble.ctv_ensemble(np.stack([u] * 6), core, brain, spacing, margins_mm=(2, 4))
+    assert ens.num_samples == 6
     for m in (2, 4):
         r = ens[m]
         assert set(np.unique(r.probability)) <= {0.0, 1.0}
@@ -193,7 +193,7 @@ def test_ensemble_of_shifted_balls_spread_matches_the_shift():
     brain = np.ones(shape, bool)
     shift = 4.0
     samples = [gaussian(shape, (18, 16, 16)), gaussian(shape, (18 + shift, 16, 16))]
-    ens = ctv.ctv_ensemble(iter(samples), core, brain, spacing, margins_mm=(8,))
+    ens = ensemble.ctv_ensemble(iter(samples), core, brain, spacing, margins_mm=(8,))
     r = ens[8]
     assert r.pairs.tolist() == [[0, 1]]
     assert r.pair_mean_surface_mm[0] == pytest.approx(shift / 2, abs=0.5)
@@ -218,9 +218,9 @@ def test_ensemble_streaming_matches_array_and_bounds_kept_masks():
     samples = np.stack([gaussian(shape, c) for c in centres])
     samples[:, :, :, :4] = 0.0  # ties (zeros) inside the brain
     u_map = gaussian(shape, (10, 10, 10))
-    a = ctv.ctv_ensemble(samples, core, brain, spacing, margins_mm=(3,), max_pairs=10, seed=7,
+    a = ensemble.ctv_ensemble(samples, core, brain, spacing, margins_mm=(3,), max_pairs=10, seed=7,
                          map_concentration=u_map)
-    b = ctv.ctv_ensemble((s for s in samples), core, brain, spacing, margins_mm=(3,), max_pairs=10, seed=7,
+    b = ensemble.ctv_ensemble((s for s in samples), core, brain, spacing, margins_mm=(3,), max_pairs=10, seed=7,
                          map_concentration=u_map)
     ra, rb = a[3], b[3]
     assert len(ra.kept_indices) == 5  # smallest K with K (K - 1) / 2 >= 10
@@ -252,8 +252,8 @@ def test_ensemble_errors():
     core = ball(shape, (4, 4, 4), 1.0)
     brain = np.ones(shape, bool)
     with pytest.raises(ValueError, match="no samples"):
-        ctv.ctv_ensemble(iter([]), core, brain, (1, 1, 1))
+        ensemble.ctv_ensemble(iter([]), core, brain, (1, 1, 1))
     with pytest.raises(ValueError, match="sample 1 has shape"):
-        ctv.ctv_ensemble([np.zeros(shape), np.zeros((8, 8, 7))], core, brain, (1, 1, 1))
+        ensemble.ctv_ensemble([np.zeros(shape), np.zeros((8, 8, 7))], core, brain, (1, 1, 1))
     with pytest.raises(ValueError, match="margins_mm"):
-        ctv.ctv_ensemble([np.zeros(shape)], core, brain, (1, 1, 1), margins_mm=(-1,))
+        ensemble.ctv_ensemble([np.zeros(shape)], core, brain, (1, 1, 1), margins_mm=(-1,))

@@ -114,7 +114,7 @@ def test_disk_full_and_unwritable_folder(tmp_path, monkeypatch, reference):
     monkeypatch.setattr(os, "fsync", real_fsync)
     leftovers = [p.name for p in tmp_path.rglob("*") if p.name.endswith(".tmp")]
     assert not leftovers
-    assert pickle.loads(path.read_bytes())["format"] == "bodil.smc/1"  # the previous checkpoint is whole
+    assert pickle.loads(path.read_bytes())["format"] == "bodil.smc/2"  # the previous checkpoint is whole
     assert same(reference, run(checkpoint=path, resume=True))
     assert not (tmp_path / "run.ckpt.evaluations").exists()
 

@@ -57,6 +57,20 @@ def test_low_rank_reports_spectrum(lg_laplaces):
     assert lg_laplaces["dense"].spectrum is None
 
 
+def test_low_rank_variance_split_is_prior_minus_correction(lg, lg_laplaces):
+    """hIPPYlib's split: diag(P^{-1}) (the field prior's covariance) minus what the data and the parameter
+    remove gives the exact posterior variance of the field."""
+    pb, _ = lg
+    exact = pb.truth["closed_form"]
+    n = exact["n_field"]
+    split = lg_laplaces["low-rank"].variance_split()
+    np.testing.assert_allclose(np.ravel(split.prior), np.diag(exact["field_prior_cov"]), rtol=1e-8)
+    np.testing.assert_allclose(np.ravel(split.posterior), np.diag(exact["cov"])[:n], rtol=1e-8)
+    np.testing.assert_allclose(split.prior - split.correction, split.posterior, rtol=1e-12)
+    with pytest.raises(ValueError, match="only the low-rank path"):
+        lg_laplaces["dense"].variance_split()
+
+
 @pytest.mark.parametrize("method", ["dense", "low-rank"])
 def test_samples_have_the_posterior_covariance(lg, lg_laplaces, method):
     pb, _ = lg

@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from bodil.likelihood import (CORE, EDEMA, HEALTHY, IGNORE, Bernoulli, Gaussian, IntervalHinge, ThreeClassSigmoid,
-                              interval_bounds)
+from bodil.likelihood import (ABOVE, BELOW, BETWEEN, UNOBSERVED, Bernoulli, Gaussian, IntervalHinge,
+                              ThreeClassSigmoid, interval_bounds)
 
 
 def test_gaussian_matches_scipy():
@@ -33,7 +33,7 @@ def test_bernoulli_sigmoid_matches_scipy():
 
 
 def test_interval_bounds_eq31():
-    classes = jnp.asarray([HEALTHY, EDEMA, CORE, IGNORE])
+    classes = jnp.asarray([BELOW, BETWEEN, ABOVE, UNOBSERVED])
     lo, up = interval_bounds(classes, 0.25, 0.675)
     np.testing.assert_allclose(lo[:3], [0.0, 0.25, 0.675])
     np.testing.assert_allclose(up[:3], [0.25, 0.675, 1.0])
@@ -41,7 +41,7 @@ def test_interval_bounds_eq31():
 
 
 def test_interval_hinge_eq30_by_hand():
-    classes = np.array([HEALTHY, HEALTHY, EDEMA, EDEMA, CORE, IGNORE])
+    classes = np.array([BELOW, BELOW, BETWEEN, BETWEEN, ABOVE, UNOBSERVED])
     u = jnp.asarray([0.1, 0.4, 0.5, 0.9, 0.5, 5.0])
     lik = IntervalHinge(None, classes, tau_lo="tau_lo", tau_up="tau_up", sigma=0.05)
     # violations: healthy 0.4 > 0.3 by 0.1; edema 0.9 > 0.6 by 0.3; core 0.5 < 0.6 by 0.1; ignored voxel free
@@ -63,7 +63,7 @@ def test_three_class_sigmoid_is_normalised_and_close_to_hinge():
 
 
 def test_three_class_log_prob_picks_the_class():
-    classes = np.array([HEALTHY, EDEMA, CORE, IGNORE])
+    classes = np.array([BELOW, BETWEEN, ABOVE, UNOBSERVED])
     lik = ThreeClassSigmoid(None, classes, tau_lo=0.3, tau_up=0.6, sigma=0.05)
     u = jnp.asarray([0.1, 0.45, 0.9, 0.2])
     logp = lik.class_log_probs(u, {})

@@ -16,7 +16,7 @@ def test_linear_gaussian_marginal_is_exact():
     pb = linear_gaussian()
     exact = pb.truth["closed_form"]
     fit = bodil.map_estimate(pb.posterior, pb.u0, pb.theta0, strategy="joint", eta_max=0.0)
-    mode = bodil.ModeApproximation(pb.posterior, fit.u, fit.theta)
+    mode = bodil.ModeApproximation(pb.posterior, fit)
     s = np.linspace(-0.5, 0.8, 9)
     ref = -0.5 * (s - exact["mean"][-1]) ** 2 / exact["cov"][-1, -1]
     approx = np.array([mode.log_density({"s": v}) for v in s])
@@ -44,7 +44,7 @@ def test_oscillator_mode_matches_exact_marginal(osc):
     approximation drops it, and its posterior differs from the exact one by 0.0037 in total variation."""
     pb, fit = osc
     ref = OscillatorReference(pb)
-    mode = bodil.ModeApproximation(pb.posterior, fit.u, fit.theta)
+    mode = bodil.ModeApproximation(pb.posterior, fit)
     w2 = np.linspace(0.7, 1.3, 50) ** 2  # Amoudruz et al. (2025): 50 points for 0.7 <= omega <= 1.3
     lm = np.array([mode.log_density({"omega2": v}) for v in w2])
     le = np.array([mode.exact_log_marginal({"omega2": v}) for v in w2])
@@ -66,10 +66,10 @@ def test_oscillator_mode_matches_exact_marginal(osc):
 
 def test_failures_raise_or_give_minus_infinity(osc):
     pb, fit = osc
-    strict = bodil.ModeApproximation(pb.posterior, fit.u, fit.theta, max_iter=1, gtol=1e-14)
+    strict = bodil.ModeApproximation(pb.posterior, fit, max_iter=1, gtol=1e-14)
     with pytest.raises(RuntimeError, match="did not converge"):
         strict.log_density({"omega2": 0.6})
-    lenient = bodil.ModeApproximation(pb.posterior, fit.u, fit.theta, max_iter=1, gtol=1e-14, on_failure="-inf")
+    lenient = bodil.ModeApproximation(pb.posterior, fit, max_iter=1, gtol=1e-14, on_failure="-inf")
     assert lenient.log_density({"omega2": 0.6}) == -math.inf
     rec = lenient.records[-1]
     assert not rec.converged and rec.iterations == 1 and "maximum" in rec.message
@@ -79,8 +79,8 @@ def test_failures_raise_or_give_minus_infinity(osc):
 
 def test_log_likelihood_excludes_prior_and_keeps_aux(osc):
     pb, fit = osc
-    mode = bodil.ModeApproximation(pb.posterior, fit.u, fit.theta, keep=lambda u, th: u["x"][-1])
-    value, aux = mode.log_likelihood({"omega2": 1.0})
+    mode = bodil.ModeApproximation(pb.posterior, fit, keep=lambda u, th: u["x"][-1])
+    value, aux, _ = mode.log_likelihood({"omega2": 1.0})
     log_prior = float(pb.posterior.params.log_prob({"omega2": jnp.asarray(1.0)}))
     assert value == pytest.approx(mode.records[-1].log_density - log_prior, rel=1e-12)
     assert np.shape(aux) == ()
@@ -90,4 +90,4 @@ def test_log_likelihood_excludes_prior_and_keeps_aux(osc):
 def test_needs_parameters():
     pb = oscillator()
     with pytest.raises(ValueError, match="no inferred parameters"):
-        bodil.ModeApproximation(pb.posterior, pb.u0, {})
+        bodil.ModeApproximation(pb.posterior, (pb.u0, {}))

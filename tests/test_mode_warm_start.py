@@ -51,7 +51,7 @@ def _objective(mode, u, theta):
 def test_initial_field_is_used_when_its_objective_is_lower():
     pb = linear_gaussian()
     # cache_size=1: only (u0, theta0) is ever stored, so every solve starts from it or from initial(theta).
-    mode = bodil.ModeApproximation(pb.posterior, pb.u0, pb.theta0, eta_max=0.0, cache_size=1, preconditioner=None)
+    mode = bodil.ModeApproximation(pb.posterior, (pb.u0, pb.theta0), eta_max=0.0, cache_size=1, preconditioner=None)
     far = {"s": 2.0}
     u_far, ev = mode.solve(far)  # the exact optimum at s = 2 (quadratic in u: one Newton step)
     v_plain = ev.log_density
@@ -71,12 +71,12 @@ def test_initial_field_is_used_when_its_objective_is_lower():
     with pytest.raises(ValueError, match="initial\\(theta\\) returned a field with 3 values"):
         mode.log_density({"s": 0.1})
     with pytest.raises(TypeError, match="initial must be a function"):
-        bodil.ModeApproximation(pb.posterior, pb.u0, pb.theta0, initial=np.zeros(3))
+        bodil.ModeApproximation(pb.posterior, (pb.u0, pb.theta0), initial=np.zeros(3))
 
 
 def test_lower_bound_keeps_the_value_reached():
     pb = oscillator(infer_omega=True, omega2_prior=(0.4, 1.8))
-    mode = bodil.ModeApproximation(pb.posterior, pb.u0, pb.theta0, max_iter=1, gtol=1e-14, ftol=1e-300,
+    mode = bodil.ModeApproximation(pb.posterior, (pb.u0, pb.theta0), max_iter=1, gtol=1e-14, ftol=1e-300,
                                    on_failure="lower-bound")
     theta = {"omega2": 0.6}
     reached = mode.log_density(theta)
@@ -95,4 +95,4 @@ def test_lower_bound_keeps_the_value_reached():
     assert reached < again <= -rep.loss + 1e-9
     assert mode.log_density({"omega2": 2.0}) == -math.inf  # outside the prior: still -inf
     with pytest.raises(ValueError, match="on_failure must be one of"):
-        bodil.ModeApproximation(pb.posterior, pb.u0, pb.theta0, on_failure="ignore")
+        bodil.ModeApproximation(pb.posterior, (pb.u0, pb.theta0), on_failure="ignore")

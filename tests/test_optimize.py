@@ -105,7 +105,8 @@ def test_adam_recipe_halves_the_learning_rate_on_plateaus():
 
 def test_adam_map_estimate_reports_epochs():
     problem = oscillator(infer_omega=True, dtype=jnp.float64)
-    fit = bodil.map_estimate(problem.posterior, problem.u0, problem.theta0, method="adam", epochs=1000)
+    fit = bodil.map_estimate(problem.posterior, problem.u0, problem.theta0, method="adam", epochs=1000,
+                             throw=False)
     rep = fit.report
     assert rep.iterations == 1000 and rep.evaluations == {"fun": 1000, "grad": 1000}
     assert rep.history[-1] < 0.1 * rep.history[0]
@@ -113,12 +114,35 @@ def test_adam_map_estimate_reports_epochs():
 
 def test_report_and_errors():
     problem = oscillator(dtype=jnp.float64)
-    fit = bodil.map_estimate(problem.posterior, problem.u0, method="lbfgs", max_iter=5)
+    fit = bodil.map_estimate(problem.posterior, problem.u0, method="lbfgs", max_iter=5, throw=False)
     assert not fit.report.converged and "NOT converged" in str(fit.report)
     with pytest.raises(ValueError, match="unknown method"):
         bodil.map_estimate(problem.posterior, problem.u0, method="sgd")
     with pytest.raises(ValueError, match="has shape"):
         bodil.map_estimate(problem.posterior, {"x": jnp.zeros(3), "v": jnp.zeros(3)})
+
+
+def test_map_estimate_raises_when_not_converged_and_refuses_unknown_options():
+    problem = oscillator(dtype=jnp.float64)
+    with pytest.raises(bodil.optimize.MAPNotConverged, match="did not converge.*throw=False") as err:
+        bodil.map_estimate(problem.posterior, problem.u0, method="lbfgs", max_iter=5)
+    assert err.value.result.report.iterations == 5 and not err.value.result.report.converged
+    with pytest.raises(TypeError, match="unknown option.*'max_iters'.*epochs"):
+        bodil.map_estimate(problem.posterior, problem.u0, method="adam", max_iters=5)
+    with pytest.raises(TypeError, match="unknown option.*'inner_max_iter'"):
+        bodil.map_estimate(problem.posterior, problem.u0, strategy="joint", inner_max_iter=5)
+
+
+def test_levenberg_marquardt_update():
+    from bodil.optimize import levenberg_marquardt
+
+    assert levenberg_marquardt(3.0, 1.0, 0.9, True, True) == (1.0, False)  # good model: divide by 3
+    assert levenberg_marquardt(3.0, 1.0, 0.1, True, True) == (6.0, False)  # poor model: double
+    assert levenberg_marquardt(3.0, 1.0, 0.5, True, True) == (3.0, False)
+    assert levenberg_marquardt(3.0, 1.0, 0.9, False, True) == (3.0, False)  # ratio below rounding: keep
+    assert levenberg_marquardt(3.0, 1.0, 0.9, True, False) == (6.0, True)  # rejected: retry with twice mu
+    assert levenberg_marquardt(2e12, 1.0, 0.1, True, False) == (4e12, False)  # at the ceiling: give up
+    assert levenberg_marquardt(1e-12, 1.0, 0.9, True, True) == (1e-12, False)  # floor
 
 
 def test_truncated_cg_solves_spd_and_stops_on_negative_curvature():

@@ -6,7 +6,7 @@ import re
 import numpy as np
 import pytest
 
-from bodil.tumor import ctv, report
+from bodil.tumor import ensemble, report, report_pages
 
 
 def ball(shape, centre_mm, radius_mm, spacing):
@@ -32,7 +32,7 @@ def synthetic_content(margins=(4, 6, 8), notes=("BASIS: the last stage had a low
     classes = np.where(core, 2, np.where(edema, 1, 0))
     centres = np.array([26.0, 24.0, 30.0]) + np.random.default_rng(1).normal(scale=2.0, size=(16, 3))
     samples = np.stack([gaussian(shape, c, 6.0, spacing) for c in centres])
-    ens = ctv.ctv_ensemble(samples, core, brain, spacing, margins_mm=margins)
+    ens = ensemble.ctv_ensemble(samples, core, brain, spacing, margins_mm=margins)
     origins = (affine[:3, :3] @ (centres / np.asarray(spacing)).T).T + affine[:3, 3]
     content = report.ReportContent.from_ensemble(
         ens, patient_id="SYN-0042", tissue=tissue, classes=classes, affine=affine, origin_samples=origins,
@@ -82,7 +82,7 @@ def test_report_paginates_margins(tmp_path, monkeypatch):
 def test_long_notes_continue_on_new_pages():
     content, _ = synthetic_content(margins=(4,))
     content.notes = [f"note {i}: " + "a long warning from the run " * 8 for i in range(25)]
-    pages = report._note_pages(content)
+    pages = report_pages.note_pages(content)
     assert len(pages) >= 2  # 25 notes of 3 lines each do not fit on one page
     placed = [t.get_text() for fig in pages for t in fig.texts]
     for i in range(25):
@@ -106,7 +106,7 @@ def test_failure_leaves_no_report(tmp_path, monkeypatch):
     def boom(_content):
         raise RuntimeError("drawing failed")
 
-    monkeypatch.setattr(report, "_histogram_page", boom)
+    monkeypatch.setattr(report, "histogram_page", boom)
     with pytest.raises(RuntimeError, match="drawing failed"):
         report.write_report(content, out)
     assert sorted(os.listdir(out)) == ["report.pdf"]
@@ -156,14 +156,14 @@ def test_slices_follow_the_affine():
     vol2 = np.transpose(vol[::-1], (1, 2, 0))
     classes2 = np.transpose(classes[::-1], (1, 2, 0))
     a, b = content_of(vol, classes, affine), content_of(vol2, classes2, affine2)
-    ia, ib = report._centre_index(classes), report._centre_index(classes2)
+    ia, ib = report_pages.centre_index(classes), report_pages.centre_index(classes2)
     assert ib == (3, 4, 5 - 2)
-    for _, fixed, h, v in report.PLANES:
-        pa, pb = report._Plane(a, fixed, h, v, ia), report._Plane(b, fixed, h, v, ib)
+    for _, fixed, h, v in report_pages.PLANES:
+        pa, pb = report_pages.Plane(a, fixed, h, v, ia), report_pages.Plane(b, fixed, h, v, ib)
         assert np.array_equal(pa.take(vol), pb.take(vol2))
         assert np.allclose(pa.extent, pb.extent) and pa.position_mm == pytest.approx(pb.position_mm)
     # on the axial plane the image has x to the right and y upwards, in mm from the affine
-    axial = report._Plane(a, 2, 0, 1, ia)
+    axial = report_pages.Plane(a, 2, 0, 1, ia)
     assert np.array_equal(axial.take(vol), vol[:, :, 4].T)
     assert axial.extent == pytest.approx([-6.0, 6.0, 6.5, 13.5])
     assert axial.position_mm == pytest.approx(14.0)

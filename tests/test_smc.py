@@ -10,7 +10,7 @@ prints the numbers below. Means and variances are centred at the exact posterior
 the log of an estimate that is unbiased in ``Z``, so it is centred at ``log Z - se^2 / 2`` (the bias of the log of
 a log-normal estimate; the measured biases agree with it within their Monte Carlo error).
 
-The tumour pipeline's BASIS settings (``bodil.tumor.pipeline.Settings``: 128 samples, ``beta = 0.7``,
+The tumour pipeline's BASIS settings (``bodil.tumor.CTVSettings``: 128 samples, ``beta = 0.7``,
 ``gamma = 1.5``, ``lmax = 3``) are tested on a 3-D and a 5-D Gaussian posterior much narrower than the prior
 box. The papers' ``beta = 0.2, lmax = 1`` (Korali's defaults) were too noisy there: over 50 seeds a run's
 posterior mean spread 0.7-0.9 posterior sd (0.35-0.4 with 512 samples) and its variance 65-90% (40%), i.e.
@@ -30,7 +30,8 @@ from scipy import stats
 import bodil
 from bodil.cases import linear_gaussian
 from bodil.inference.executors import BatchExecutor, PoolExecutor, SerialExecutor, VmapExecutor
-from bodil.inference.smc import basis, chain_lengths, next_exponent, smc, tmcmc
+from bodil.inference.smc import (SMCSettings, basis, build_kernel, chain_lengths, next_exponent, plan_stage, smc,
+                                 tmcmc)
 from bodil.prior import Params
 from montecarlo import FAMILY_RATE, z_bound
 
@@ -144,17 +145,17 @@ def test_tmcmc_log_evidence():
     assert idata.attrs["algorithm"] == "tmcmc" and idata.attrs["max_chain_length"] == 0
 
 
-# The BASIS settings of bodil.tumor.pipeline.Settings and the spread of one run's estimates there (n = 128).
+# The BASIS settings of bodil.tumor.CTVSettings and the spread of one run's estimates there (n = 128).
 PIPELINE = dict(n=128, beta=0.7, gamma=1.5, lmax=3)
 PIPELINE_SPREAD = {"gauss-3d": dict(log_z=0.374, mean=0.136, var=0.152),
                    "gauss-5d": dict(log_z=0.491, mean=0.193, var=0.204)}
 
 
 def test_pipeline_uses_the_validated_basis_settings():
-    from bodil.tumor.pipeline import Settings
+    from bodil.tumor import CTVSettings as Settings
 
     s = Settings()
-    assert dict(n=s.samples, beta=s.beta, gamma=s.gamma, lmax=s.lmax) == PIPELINE, \
+    assert dict(n=s.num_samples, beta=s.beta, gamma=s.gamma, lmax=s.lmax) == PIPELINE, \
         "new BASIS defaults: measure them with benchmarks/inference.py --spread and update PIPELINE(_SPREAD)"
     assert (Settings.paper().beta, Settings.paper().gamma, Settings.paper().lmax) == (s.beta, s.gamma, s.lmax)
 
@@ -303,8 +304,9 @@ def test_minus_infinity_and_nan():
 
 def test_bad_inputs():
     params, loglik = box(-1.0, 1.0, 1), normal_1d
-    for kwargs, match in [(dict(n=1), "n must be at least 2"), (dict(gamma=0.0), "gamma must be positive"),
-                          (dict(beta=-1.0), "beta must be positive"), (dict(lmax=0), "lmax"),
+    for kwargs, match in [(dict(num_samples=1), "num_samples must be an integer >= 2"),
+                          (dict(gamma=0.0), "gamma must be a finite positive number"),
+                          (dict(beta=-1.0), "beta must be a finite positive number"), (dict(lmax=0), "lmax"),
                           (dict(resume=True), "needs checkpoint")]:
         with pytest.raises(ValueError, match=match):
             basis(loglik, params, **kwargs)
@@ -338,11 +340,101 @@ def test_chain_lengths_follow_korali():
 
 def test_mode_approximation_warm_starts_depend_on_theta_and_start_only():
     pb = linear_gaussian()
-    mode = bodil.ModeApproximation(pb.posterior, pb.u0, pb.theta0)
+    mode = bodil.ModeApproximation(pb.posterior, (pb.u0, pb.theta0))
     v0, x0 = mode.warm_log_likelihood({"s": 0.1})
     v1, x1 = mode.warm_log_likelihood({"s": 0.3}, x0)
     assert [r.start for r in mode.records] == ["u0", "particle"] and len(mode._cache) == 1  # nothing stored
     assert mode.records[-1].warm_start_distance == pytest.approx(0.2)
     assert mode.warm_log_likelihood({"s": 0.3}, x0)[0] == v1  # in any order, on any worker: the same value
     np.testing.assert_array_equal(mode.warm_log_likelihood({"s": 0.3}, x0)[1], x1)
-    assert v1 == pytest.approx(mode.log_likelihood({"s": 0.3}), abs=1e-8)
+    assert v1[0] == pytest.approx(mode.log_likelihood({"s": 0.3})[0], abs=1e-8)
+
+
+def test_extras_and_stats_travel_with_their_particle_under_their_names(tmp_path):
+    def with_stats(t):
+        x = np.asarray(t["x"])
+        return mixture_4d(t), {"twice": 2.0 * x}, {"inside": np.all(np.abs(x) < 1.0, axis=-1),
+                                                    "norm": np.linalg.norm(x, axis=-1)}
+
+    idata = basis(with_stats, box(-2.0, 2.0, 4), 200, seed=3, executor=BatchExecutor())
+    assert same(idata, run_small(BatchExecutor()))  # what a likelihood carries does not change the samples
+    x = idata.posterior.x.values
+    np.testing.assert_array_equal(idata.posterior.twice.values, 2.0 * x)
+    np.testing.assert_array_equal(idata.sample_stats.inside.values, np.all(np.abs(x) < 1.0, axis=-1))
+    np.testing.assert_allclose(idata.sample_stats.norm.values, np.linalg.norm(x, axis=-1))
+    assert "norm" not in idata.posterior and "twice" not in idata.sample_stats
+    idata.to_netcdf(tmp_path / "smc.nc", engine="h5netcdf")
+    back = az.from_netcdf(tmp_path / "smc.nc", engine="h5netcdf")
+    np.testing.assert_array_equal(back.sample_stats.inside.values, idata.sample_stats.inside.values)
+
+    def changing(t):  # extras of another structure than the particles carry
+        x = np.asarray(t["x"])
+        return (mixture_4d(t), {"twice": 2.0 * x}) if x[0] < 1.0 else (mixture_4d(t), {"other": x})
+
+    with pytest.raises(TypeError, match="extras of different structures"):
+        basis(changing, box(-2.0, 2.0, 4), 50, seed=0)
+
+
+def test_seed_may_be_a_jax_key():
+    reference = run_small(BatchExecutor())
+    for key in (jax.random.key(3), jax.random.PRNGKey(3)):
+        assert same(reference, basis(mixture_4d, box(-2.0, 2.0, 4), 200, seed=key, executor=BatchExecutor()))
+    other = basis(mixture_4d, box(-2.0, 2.0, 4), 50, seed=jax.random.split(jax.random.key(3))[0])
+    assert isinstance(other.attrs["seed"], (int, str))
+    with pytest.raises(TypeError, match="seed must be an integer or a jax.random key"):
+        basis(mixture_4d, box(-2.0, 2.0, 4), 50, seed="three")
+
+
+def test_kernel_runs_without_the_driver():
+    """``build_kernel``: the same stages as ``basis``, with the likelihood called in this process."""
+    reference = run_small(BatchExecutor())
+    settings = SMCSettings(num_samples=200, seed=3)
+    algorithm = build_kernel(mixture_4d, box(-2.0, 2.0, 4), settings)
+    state = algorithm.init()
+    plan = plan_stage(state, settings._replace(names=("x",), shapes=((4,),)))
+    assert plan.stage == 1 and plan.counts.sum() == 200 and len(plan.log_u) == int(plan.steps.sum())
+    while state.q < 1.0:
+        state = algorithm.step(state)
+    np.testing.assert_array_equal(state.x, reference.posterior.x.values[0])
+    assert state.log_evidence == reference.attrs["log_evidence"] and state.stage == reference.attrs["stages"]
+    with pytest.raises(ValueError, match="SMCSettings: lmax must be an integer >= 1"):
+        SMCSettings(lmax=0)
+    with pytest.raises(ValueError, match="SMCSettings: beta must be a finite positive number"):
+        settings._replace(beta=0.0)
+    assert SMCSettings(max_chain_length=None).max_chain_length == 0
+
+
+def test_resume_from_a_format_1_checkpoint(tmp_path):
+    """Checkpoints of bodil before ``n`` became ``num_samples`` (format ``bodil.smc/1``) are resumed."""
+    path = tmp_path / "run.ckpt"
+    full = run_small(BatchExecutor())
+    with pytest.raises(RuntimeError, match="max_stages"):
+        run_small(BatchExecutor(), checkpoint=path, max_stages=2)
+    data = pickle.loads(path.read_bytes())
+    assert data["format"] == "bodil.smc/2"
+    settings, state = data["settings"], data["state"]
+    settings["n"] = settings.pop("num_samples")
+    state["aux"] = state.pop("extras")
+    del state["stats"]
+    path.write_bytes(pickle.dumps({"format": "bodil.smc/1", "settings": settings, "state": state}))
+    assert same(full, run_small(BatchExecutor(), checkpoint=path, resume=True))
+
+
+def test_mode_approximation_diagnostics_travel_with_the_particle():
+    """Each final particle carries the converged flag and iterations of its own inner solve: solves below
+    s = 0.2 get one iteration (unconverged, their value a lower bound), the others converge."""
+    pb = linear_gaussian()
+    mode = bodil.ModeApproximation(pb.posterior, (pb.u0, pb.theta0), keep=lambda u, th: {"field": u},
+                                   on_failure="lower-bound")
+
+    def log_likelihood(theta):
+        mode.run_options["max_iter"] = 1 if float(theta["s"]) < 0.2 else 50
+        return mode.log_likelihood(theta)
+
+    idata = basis(log_likelihood, pb.posterior.params, 16, seed=0)
+    s = idata.posterior.s.values.ravel()
+    converged, iterations = idata.sample_stats.converged.values.ravel(), idata.sample_stats.iterations.values.ravel()
+    assert 0 < np.count_nonzero(s < 0.2) < 16  # both kinds among the final particles
+    np.testing.assert_array_equal(converged, s >= 0.2)
+    assert np.all(iterations[s < 0.2] == 1) and np.all(iterations >= 1)
+    assert idata.posterior.field.shape[:2] == (1, 16)

@@ -59,7 +59,7 @@ def check_every_product(patient, out, printed):
     assert model_map.sum() == standard.sum()
     assert prob.sum() == pytest.approx(standard.sum(), rel=1e-5)
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["settings"]["samples"] == 6 and len(summary["ctv"]) == 3
+    assert summary["settings"]["num_samples"] == 6 and len(summary["ctv"]) == 3
     assert set(summary["posterior"]["origin_world_mm"]) == {"x", "y", "z"}
     pdf = (out / "report.pdf").read_bytes()
     assert pdf.startswith(b"%PDF")
@@ -84,13 +84,13 @@ def check_a_killed_run_resumes_to_the_same_result(patient, reference, tmp_path, 
         "import os, signal, sys\n"
         "from bodil.cli import main\n"
         "from bodil.tumor import pipeline\n"
-        "evaluate, calls = pipeline._ForwardLikelihood.__call__, []\n"
+        "evaluate, calls = pipeline.ForwardLikelihood.__call__, []\n"
         "def call(self, theta):\n"
         "    calls.append(1)\n"
         "    if len(calls) == 15:  # 6 particles: stage 0 takes 6, stage 1 up to 6 x lmax (3) Metropolis steps\n"
         "        os.kill(os.getpid(), signal.SIGKILL)\n"
         "    return evaluate(self, theta)\n"
-        "pipeline._ForwardLikelihood.__call__ = call\n"
+        "pipeline.ForwardLikelihood.__call__ = call\n"
         "sys.exit(main(sys.argv[1:]))\n")
     proc = subprocess.run([sys.executable, "-c", killer, *args(out)], capture_output=True, text=True)
     assert proc.returncode == -9, proc.stderr

@@ -9,7 +9,7 @@ import pytest
 from scipy import ndimage
 
 from bodil.io import InputError, atomic_directory, check_same_grid, load_nifti, save_nifti, write_json
-from bodil.likelihood import CORE, EDEMA, HEALTHY, IGNORE
+from bodil.tumor.segmentation import CORE, EDEMA, HEALTHY, IGNORE
 from bodil.tumor import (Crop, classes_from_labels, crop_around, label_convention, load_segmentation, load_tissue,
                          load_tissue_labels, mni152, synthetic_patient, write_synthetic)
 

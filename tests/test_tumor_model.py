@@ -93,18 +93,20 @@ def test_likelihood_weight_counts_one_observation_per_correlation_volume():
 
 
 def test_tempered_posterior_weighs_the_likelihood_by_w_and_is_wider():
-    from bodil.tumor.pipeline import MapFit, Settings, _ForwardLikelihood, sample_posterior
+    from bodil.tumor.model import ForwardLikelihood
+    from bodil.tumor.pipeline import MapFit, sample_posterior
+    from bodil.tumor.settings import CTVSettings
 
     model, _ = synthetic(n=12, nt=9)
     mf = MapFit(crop=None, model=model, fit=None, theta=TRUTH)
     runs = {}
     for ell in (None, 10.0):
-        idata, _ = sample_posterior(mf, Settings(samples=24, error_correlation_mm=ell))
+        idata, _ = sample_posterior(mf, CTVSettings(num_samples=24, error_correlation_mm=ell))
         runs[ell] = idata
     w = runs[10.0].attrs["likelihood_weight"]
     assert w == pytest.approx((60.0 / 12 / 10.0) ** 3) and runs[None].attrs["likelihood_weight"] == 1.0
     # what BASIS weighed is w times the segmentation's log-likelihood of the forward run at the sample
-    untempered = _ForwardLikelihood(model.with_fixed(TRUTH, infer=ORIGIN))
+    untempered = ForwardLikelihood(model.with_fixed(TRUTH, infer=ORIGIN))
     post, stats = runs[10.0].posterior, runs[10.0].sample_stats
     for k in range(3):
         theta = {c: float(post[c].values.ravel()[k]) for c in ORIGIN}

@@ -108,4 +108,5 @@ def closed_form(A, ones, E, H, g, y, sigma, lambda_pde, lambda_ic, s_scale) -> d
     resid = y - H @ a
     _, logdet = np.linalg.slogdet(S)
     log_evidence = -0.5 * (resid @ np.linalg.solve(S, resid) + logdet + m * np.log(2 * np.pi))
-    return {"mean": mean, "cov": cov, "log_evidence": float(log_evidence), "n_field": n}
+    return {"mean": mean, "cov": cov, "log_evidence": float(log_evidence), "n_field": n,
+            "field_prior_cov": P_inv}

@@ -84,7 +84,7 @@ def _build(grid: Grid, diffusivity, *, rho, t_final, center, radius, sigma, lamb
 def reaction_diffusion_2d(*, case: int = 1, sigma: float = 0.05, n: int = 64, nt: int = 129, rho: float = 8.0,
                           t_final: float = 0.5, center=(2 / 3, 1 / 3), radius: float = 1 / 16, lambdas=None,
                           seed: int = 0, theta0=None, forward_safety: float = 1.0, dtype=None) -> Problem:
-    """Seed 003 sec. 3.3, case 1 or 2; infer ``theta = (x0, y0)``."""
+    """Amoudruz et al. 2025, sec. 3.3, case 1 or 2; infer ``theta = (x0, y0)``."""
     if case not in CASE_CUTOFF:
         raise ValueError(f"reaction_diffusion_2d: case must be 1 or 2, got {case}.")
     grid = Grid(shape=(nt, n, n), lower=0.0, upper=(t_final, 1.0, 1.0), names=("t", "x", "y"),

@@ -21,12 +21,9 @@ Drawing a sample (``numpy.random.Generator`` streams fixed by the seed, one per 
    crop's faces (the tumour lies inside the crop).
 
 How many draws each rule refused is counted in the manifest. The kept parameters are therefore uniform over
-the region of the ranges that gives tumours of the accepted sizes (Weidner et al. (2025) matched BraTS tumour sizes).
+the region of the ranges that gives tumours of the accepted sizes (Weidner et al. 2025 match BraTS tumour sizes).
 
-Files: ``manifest.json`` (settings, seed, solver settings, anatomy, parameter names, units and ranges, the
-shards with their SHA-256, counts and wall time) and compressed shards ``{split}-{index:05d}.npz`` with
-``theta (k, 5)``, ``tissue (k, 2, n, n, n)`` (white and grey matter, float16), ``u (k, n, n, n)`` (float16,
-absolute error below 5e-4), ``origin_voxel`` and ``crop_start`` (voxel coordinates in the volume). Shards
+Files (``bodil.forward.storage``): ``manifest.json`` and compressed shards of ``shard_size`` samples. Shards
 are written atomically and the manifest after each, so an interrupted run resumes where it stopped and gives
 the same data as an uninterrupted one. Splits (train / validation / test) have their own streams: they are
 fixed by the seed and do not depend on each other's sizes.
@@ -44,8 +41,14 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ..io import InputError, atomic_path, write_json
-from .fk import fk_initial_condition, solve_fk
+from .. import _checks
+from ..io import InputError, write_json
+from ..progress import ProgressMeter, as_meter
+from ..residuals.initial import SEED_CUTOFF, SEED_DT2, SEED_MASS
+from ..stencil import TISSUE_THRESHOLD
+from .fk import MAX_RHO_DT, SAFETY, fk_initial_condition, solve_fk
+from .storage import (FORMAT, SPLITS, Split, file_sha256, load_manifest, load_split, settings_record, shard_name,
+                      split_sizes, write_shard)
 
 THETA_NAMES = ("x", "y", "z", "mu_d", "mu_rho")
 """Names of the surrogate parameters, in order."""
@@ -53,26 +56,33 @@ THETA_NAMES = ("x", "y", "z", "mu_d", "mu_rho")
 THETA_UNITS = ("mm", "mm", "mm", "mm", "1")
 """Their units: origin offsets from the crop centre and ``mu_D = sqrt(Dw T)`` in mm; ``mu_rho`` has none."""
 
-SPLITS = ("train", "val", "test")
-_FORMAT = "bodil-fk-dataset/1"
-
 
 @dataclasses.dataclass(frozen=True)
 class FKSettings:
-    """The Fisher-Kolmogorov run behind every sample: ``Dg = dg_ratio Dw`` (Weidner et al. (2025): 0.1), the
+    """The Fisher-Kolmogorov run behind every sample: ``Dg = dg_ratio Dw`` (Weidner et al. 2025: 0.1), the
     ``solve_fk`` settings ``tissue_threshold``, ``safety``, ``max_rho_dt`` and the initial condition's
     ``mass``, ``dt2``, ``cutoff`` (Amoudruz et al. 2025, eq. 28)."""
 
     dg_ratio: float = 0.1
-    tissue_threshold: float = 0.1
-    safety: float = 0.9
-    max_rho_dt: float = 0.05
-    mass: float = 1500.0
-    dt2: float = 15.0
-    cutoff: float = 0.1
+    tissue_threshold: float = TISSUE_THRESHOLD
+    safety: float = SAFETY
+    max_rho_dt: float = MAX_RHO_DT
+    mass: float = SEED_MASS
+    dt2: float = SEED_DT2
+    cutoff: float = SEED_CUTOFF
+
+    def __post_init__(self):
+        where = type(self).__name__
+        for name in ("dg_ratio", "tissue_threshold", "cutoff"):
+            _checks.positive(where, name, getattr(self, name), allow_zero=True)
+        for name in ("max_rho_dt", "mass", "dt2"):
+            _checks.positive(where, name, getattr(self, name))
+        if isinstance(self.safety, bool) or not isinstance(self.safety, (int, float)) or not 0 < self.safety <= 1:
+            raise ValueError(f"{where}: safety must lie in (0, 1], got {self.safety!r}.")
 
     @classmethod
     def from_manifest(cls, manifest: dict) -> "FKSettings":
+        """The solver settings stored in a dataset's manifest."""
         s = manifest["settings"]
         return cls(**{f.name: s[f.name] for f in dataclasses.fields(cls)})
 
@@ -106,7 +116,7 @@ class DatasetSettings(FKSettings):
     """What a dataset is made of (all of it is written to the manifest), with the solver's ``FKSettings``.
 
     Attributes:
-        size: crop side in voxels (Weidner et al. (2025): 128 at 1 mm; default 64 at 2 mm, the same 128 mm).
+        size: crop side in voxels (Weidner et al. 2025: 128 at 1 mm; default 64 at 2 mm, the same 128 mm).
         spacing_mm: isotropic voxel size of the volume and the crops.
         mu_d: range of ``mu_D = sqrt(Dw T)`` in mm (DESIGN.md: up to about 32 mm).
         mu_rho: range of ``mu_rho = sqrt(rho T)`` (DESIGN.md: up to about 10).
@@ -118,7 +128,7 @@ class DatasetSettings(FKSettings):
             of mass, which drifts from the origin towards white matter).
         n_train, n_val, n_test: samples per split.
         shard_size: samples per file.
-        seed: the root of all random streams.
+        seed: the root of all random streams (an integer: it seeds ``numpy.random.default_rng``).
     """
 
     size: int = 64
@@ -137,18 +147,21 @@ class DatasetSettings(FKSettings):
     seed: int = 0
 
     def __post_init__(self):
+        super().__post_init__()
+        where = "DatasetSettings"
         for name in ("mu_d", "mu_rho", "volume_cm3"):
             lo, hi = (float(v) for v in getattr(self, name))
             if not (0 <= lo < hi and math.isfinite(hi)):
                 raise ValueError(f"DatasetSettings: {name} must be a range (lo, hi) with 0 <= lo < hi, got "
                                  f"{getattr(self, name)!r}.")
             object.__setattr__(self, name, (lo, hi))
-        if self.size < 8 or self.spacing_mm <= 0 or self.shard_size < 1 or self.solve_factor < 1:
-            raise ValueError(f"DatasetSettings: need size >= 8, spacing_mm > 0, shard_size >= 1 and "
-                             f"solve_factor >= 1, got {self.size}, {self.spacing_mm}, {self.shard_size}, "
-                             f"{self.solve_factor}.")
-        if min(self.n_train, self.n_val, self.n_test) < 0:
-            raise ValueError("DatasetSettings: split sizes must be non-negative.")
+        for name, low in (("size", 8), ("shard_size", 1), ("n_train", 0), ("n_val", 0), ("n_test", 0), ("seed", 0)):
+            object.__setattr__(self, name, _checks.integer(where, name, getattr(self, name), low=low))
+        _checks.positive(where, "spacing_mm", self.spacing_mm)
+        if not (isinstance(self.solve_factor, (int, float)) and 1 <= self.solve_factor < math.inf):
+            raise ValueError(f"DatasetSettings: solve_factor must be a number >= 1, got {self.solve_factor!r}.")
+        for name in ("visible_threshold", "edge_tolerance", "origin_min_wm"):
+            _checks.positive(where, name, getattr(self, name))
 
     @property
     def side_mm(self) -> float:
@@ -234,19 +247,7 @@ def draw_sample(wm: np.ndarray, gm: np.ndarray, settings: DatasetSettings, rng: 
                 "u": uc, "origin_voxel": origin, "crop_start": crop_start, "visible_cm3": volume}
 
 
-def _sha256(path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _settings_dict(settings: DatasetSettings) -> dict:
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(settings).items()}
-
-
-def _check_volume(wm, gm, spacing_mm) -> tuple[np.ndarray, np.ndarray]:
+def _check_volume(wm, gm) -> tuple[np.ndarray, np.ndarray]:
     wm = np.asarray(wm, dtype=np.float32)
     gm = np.asarray(gm, dtype=np.float32)
     if wm.ndim != 3 or wm.shape != gm.shape:
@@ -259,8 +260,59 @@ def _check_volume(wm, gm, spacing_mm) -> tuple[np.ndarray, np.ndarray]:
     return wm, gm
 
 
+def _origin_candidates(wm: np.ndarray, settings: DatasetSettings) -> np.ndarray:
+    """Voxel indices (as floats) where origins may be drawn: white-matter fraction >= ``origin_min_wm``."""
+    candidates = np.argwhere(wm >= settings.origin_min_wm).astype(float)
+    if len(candidates) == 0:
+        raise InputError(f"generate_dataset: no voxel has white-matter fraction >= {settings.origin_min_wm}; "
+                         f"lower origin_min_wm or check the tissue maps.")
+    return candidates
+
+
+def _open_manifest(out, wm, gm, settings: DatasetSettings, anatomy: str, resume: bool) -> dict:
+    """A new manifest for the dataset, or the one in ``out`` when resuming (it must describe the same
+    dataset)."""
+    header = {"format": FORMAT, "settings": settings_record(settings), "anatomy": anatomy,
+              "tissue_sha256": hashlib.sha256(wm.tobytes() + gm.tobytes()).hexdigest(),
+              "volume_shape": list(wm.shape), "theta_names": list(THETA_NAMES), "theta_units": list(THETA_UNITS),
+              "theta_ranges": {k: list(v) for k, v in settings.theta_ranges().items()}}
+    path = os.path.join(out, "manifest.json")
+    if not os.path.exists(path):
+        return dict(header, shards={}, rejections={}, wall_s=0.0, complete=False)
+    if not resume:
+        raise InputError(f"generate_dataset: {out} already holds a dataset; pass resume=True (bodil dataset "
+                         f"--resume) to continue it, or choose another folder.")
+    with open(path, encoding="utf-8") as f:
+        old = json.load(f)
+    for key in header:
+        if old.get(key) != header[key]:
+            raise InputError(f"generate_dataset: the dataset in {out} was made with a different {key!r}; "
+                             f"resume it with the same settings and anatomy, or choose another folder.")
+    return old
+
+
+def _missing_shards(out, settings: DatasetSettings, manifest: dict) -> list[tuple[str, int, int]]:
+    """``(split, index, samples)`` of the shards not yet on disk with the SHA-256 the manifest records."""
+    todo = []
+    for split, index, count in _shard_names(settings):
+        entry = manifest["shards"].get(shard_name(split, index))
+        file = os.path.join(out, shard_name(split, index))
+        if not (entry and os.path.exists(file) and file_sha256(file) == entry["sha256"]):
+            todo.append((split, index, count))
+    return todo
+
+
+def _record_shard(manifest: dict, split: str, index: int, count: int, sha: str, stats: dict, wall_s: float):
+    """Enter a written shard, its draw counts and its time into the manifest."""
+    manifest["shards"][shard_name(split, index)] = {"split": split, "index": index, "samples": count, "sha256": sha,
+                                                    "draws": stats}
+    for k, v in stats.items():
+        manifest["rejections"][k] = manifest["rejections"].get(k, 0) + v
+    manifest["wall_s"] = float(manifest["wall_s"]) + wall_s
+
+
 def generate_dataset(out, wm, gm, settings: DatasetSettings = DatasetSettings(), *, anatomy: str = "",
-                     resume: bool = False, progress: bool = True) -> dict:
+                     resume: bool = False, progress: bool | ProgressMeter = True) -> dict:
     """Write a surrogate training dataset into the folder ``out`` (see the module docstring).
 
     Args:
@@ -271,139 +323,38 @@ def generate_dataset(out, wm, gm, settings: DatasetSettings = DatasetSettings(),
         anatomy: a description of the tissue maps, stored in the manifest.
         resume: continue a dataset in ``out`` (its manifest must hold the same settings and anatomy);
             without it an existing manifest is an error.
-        progress: show a progress bar (samples).
+        progress: ``True`` for a progress bar (samples), ``False`` for none, or a ``bodil.progress`` meter.
 
     Returns:
         The manifest (also written to ``out/manifest.json``).
-    """
-    from tqdm.auto import tqdm
 
-    wm, gm = _check_volume(wm, gm, settings.spacing_mm)
-    candidates = np.argwhere(wm >= settings.origin_min_wm).astype(float)
-    if len(candidates) == 0:
-        raise InputError(f"generate_dataset: no voxel has white-matter fraction >= {settings.origin_min_wm}; "
-                         f"lower origin_min_wm or check the tissue maps.")
+    Raises:
+        InputError: for tissue maps that are not fractions on one 3-D grid, no white matter to draw origins
+            from, or an existing dataset in ``out`` without ``resume`` or with other settings or anatomy.
+    """
+    wm, gm = _check_volume(wm, gm)
+    candidates = _origin_candidates(wm, settings)
     os.makedirs(out, exist_ok=True)
     path = os.path.join(out, "manifest.json")
-    tissue_sha = hashlib.sha256(wm.tobytes() + gm.tobytes()).hexdigest()
-    header = {"format": _FORMAT, "settings": _settings_dict(settings), "anatomy": anatomy,
-              "tissue_sha256": tissue_sha, "volume_shape": list(wm.shape), "theta_names": list(THETA_NAMES),
-              "theta_units": list(THETA_UNITS),
-              "theta_ranges": {k: list(v) for k, v in settings.theta_ranges().items()}}
-    manifest = dict(header, shards={}, rejections={}, wall_s=0.0, complete=False)
-    if os.path.exists(path):
-        if not resume:
-            raise InputError(f"generate_dataset: {out} already holds a dataset; pass resume=True (bodil dataset "
-                             f"--resume) to continue it, or choose another folder.")
-        with open(path, encoding="utf-8") as f:
-            old = json.load(f)
-        for key in header:
-            if old.get(key) != header[key]:
-                raise InputError(f"generate_dataset: the dataset in {out} was made with a different {key!r}; "
-                                 f"resume it with the same settings and anatomy, or choose another folder.")
-        manifest = old
-    todo = []
-    for split, index, count in _shard_names(settings):
-        name = f"{split}-{index:05d}.npz"
-        entry = manifest["shards"].get(name)
-        file = os.path.join(out, name)
-        if entry and os.path.exists(file) and _sha256(file) == entry["sha256"]:
-            continue
-        todo.append((split, index, count, name))
-    total = sum(count for _, _, count, _ in todo)
-    with tqdm(total=total, desc="FK dataset", unit="sample", disable=not progress) as bar:
-        for split, index, count, name in todo:
+    manifest = _open_manifest(out, wm, gm, settings, anatomy, resume)
+    todo = _missing_shards(out, settings, manifest)
+    with as_meter(progress).session("FK dataset", total=sum(count for _, _, count in todo), unit="sample") as bar:
+        for split, index, count in todo:
             t0 = time.perf_counter()
             rng = _rng(settings, split, index)
             stats: dict = {}
             samples = []
             for _ in range(count):
                 samples.append(draw_sample(wm, gm, settings, rng, candidates, stats))
-                bar.update(1)
-            arrays = {
-                "theta": np.stack([s["theta"] for s in samples]),
-                "tissue": np.stack([s["tissue"] for s in samples]).astype(np.float16),
-                "u": np.stack([s["u"] for s in samples]).astype(np.float16),
-                "origin_voxel": np.stack([s["origin_voxel"] for s in samples]),
-                "crop_start": np.stack([s["crop_start"] for s in samples]),
-                "visible_cm3": np.array([s["visible_cm3"] for s in samples]),
-            }
-            file = os.path.join(out, name)
-            with atomic_path(file, ".npz") as tmp:
-                with open(tmp, "wb") as f:
-                    np.savez_compressed(f, **arrays)
-            manifest["shards"][name] = {"split": split, "index": index, "samples": count, "sha256": _sha256(file),
-                                        "draws": stats}
-            for k, v in stats.items():
-                manifest["rejections"][k] = manifest["rejections"].get(k, 0) + v
-            manifest["wall_s"] = float(manifest["wall_s"]) + time.perf_counter() - t0
+                bar.step()
+            sha = write_shard(os.path.join(out, shard_name(split, index)), samples)
+            _record_shard(manifest, split, index, count, sha, stats, time.perf_counter() - t0)
             write_json(path, manifest)
     manifest["complete"] = True
     write_json(path, manifest)
     return manifest
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
-class Split:
-    """One split of a dataset in memory: ``theta (N, 5)``, ``tissue (N, 2, n, n, n)``, ``u (N, n, n, n)``
-    (tissue and ``u`` float16 as stored; cast per batch)."""
-
-    theta: np.ndarray
-    tissue: np.ndarray
-    u: np.ndarray
-    manifest: dict
-
-    def __len__(self) -> int:
-        return len(self.theta)
-
-
-def load_manifest(path) -> dict:
-    """The manifest of the dataset in folder ``path`` (checked to be a complete bodil dataset)."""
-    file = os.path.join(os.fspath(path), "manifest.json")
-    if not os.path.exists(file):
-        raise InputError(f"{path} has no manifest.json; make a dataset with `bodil dataset` first.")
-    with open(file, encoding="utf-8") as f:
-        manifest = json.load(f)
-    if manifest.get("format") != _FORMAT:
-        raise InputError(f"{file} is not a bodil FK dataset (format {manifest.get('format')!r}).")
-    if not manifest.get("complete"):
-        raise InputError(f"the dataset in {path} is incomplete; finish it with `bodil dataset --resume`.")
-    return manifest
-
-
-def load_split(path, split: str, *, limit: int | None = None) -> Split:
-    """Load ``split`` (``"train"``, ``"val"`` or ``"test"``) of the dataset in folder ``path``; checks every
-    shard's SHA-256 against the manifest. ``limit`` keeps the first samples only."""
-    if split not in SPLITS:
-        raise ValueError(f"load_split: split must be one of {SPLITS}, got {split!r}.")
-    manifest = load_manifest(path)
-    names = sorted((e["index"], name) for name, e in manifest["shards"].items() if e["split"] == split)
-    parts: dict[str, list] = {"theta": [], "tissue": [], "u": []}
-    count = 0
-    for _, name in names:
-        if limit is not None and count >= limit:
-            break
-        file = os.path.join(os.fspath(path), name)
-        if not os.path.exists(file) or _sha256(file) != manifest["shards"][name]["sha256"]:
-            raise InputError(f"{file} is missing or does not match the manifest; regenerate it with `bodil "
-                             f"dataset --resume`.")
-        with np.load(file) as data:
-            for k in parts:
-                parts[k].append(data[k])
-        count += len(parts["theta"][-1])
-    if not parts["theta"]:
-        raise InputError(f"the dataset in {path} has no {split!r} samples.")
-    arrays = {k: np.concatenate(v)[:limit] for k, v in parts.items()}
-    return Split(theta=arrays["theta"], tissue=arrays["tissue"], u=arrays["u"], manifest=manifest)
-
-
-def split_sizes(manifest: dict) -> dict:
-    """Samples per split in a manifest."""
-    out = {s: 0 for s in SPLITS}
-    for e in manifest["shards"].values():
-        out[e["split"]] += e["samples"]
-    return out
-
-
-__all__: Sequence[str] = ["DatasetSettings", "FKSettings", "Split", "THETA_NAMES", "THETA_UNITS", "draw_sample",
-                          "fk_on_crop", "fk_run", "generate_dataset", "load_manifest", "load_split", "split_sizes"]
+__all__: Sequence[str] = ["DatasetSettings", "FKSettings", "SPLITS", "Split", "THETA_NAMES", "THETA_UNITS",
+                          "draw_sample", "fk_on_crop", "fk_run", "generate_dataset", "load_manifest", "load_split",
+                          "split_sizes"]

@@ -5,8 +5,8 @@
 with ``c_w``, ``c_g`` the white- and grey-matter fractions, ``Dw``, ``Dg`` in mm^2/day and ``rho`` in 1/day.
 Space is a grid of cell centres ``x_i = (i + 1/2) h`` (mm) with no-flux walls on the outer faces. The
 space operator is the flux form of ``bodil.stencil`` (Amoudruz et al. 2025, eq. 33): face diffusivity = mean of the two
-neighbours, and zero where the tissue fraction ``c_w + c_g`` is below ``tissue_threshold`` (0.1 in GliODIL)
-on either side, so nothing flows into CSF or background.
+neighbours, and zero where the tissue fraction ``c_w + c_g`` is below ``tissue_threshold``
+(``bodil.stencil.TISSUE_THRESHOLD``, GliODIL's 0.1) on either side, so nothing flows into CSF or background.
 
 Time stepping is forward Euler with the step
 
@@ -14,9 +14,10 @@ Time stepping is forward Euler with the step
 
 the first bound is the explicit stability limit (``bodil.forward.fd.cfl_time_step``), the second keeps the
 reaction accurate when diffusion is slow (Euler's growth error is about ``rho dt / 2`` relative, and
-``rho dt > 1`` would overshoot ``u = 1``). The initial condition is GliODIL's clipped Gaussian (Amoudruz et al. (2025)
-eq. 27-28): ``u_0 = M / (4 pi Dt^2)^{3/2} exp(-|x - x_0|^2 / (4 Dt^2))``, set to 0 where ``u_0 <= 0.1`` and
-clipped at 1, with ``M = 1500`` and ``Dt^2 = 15 mm^2``.
+``rho dt > 1`` would overshoot ``u = 1``). The initial condition is GliODIL's clipped Gaussian (Amoudruz et al.
+2025, eq. 27-28): ``u_0 = M / (4 pi Dt^2)^{3/2} exp(-|x - x_0|^2 / (4 Dt^2))``, set to 0 where ``u_0 <= 0.1`` and
+clipped at 1, with ``M = 1500`` and ``Dt^2 = 15 mm^2`` (``bodil.residuals.initial.SEED_MASS``, ``SEED_DT2``,
+``SEED_CUTOFF``).
 
 Everything is JAX (one compiled time loop per grid shape and dtype), so it runs unchanged on a GPU. The
 dtype is taken from ``u0``.
@@ -34,8 +35,15 @@ import numpy as np
 
 from .. import stencil
 from ..grid import Grid
-from ..residuals.initial import clipped_gaussian_profile
-from .fd import cfl_time_step
+from ..residuals.initial import SEED_CUTOFF, SEED_DT2, SEED_MASS, clipped_gaussian_profile
+from ..stencil import TISSUE_THRESHOLD
+from .fd import cfl_time_step, march, output_times
+
+SAFETY = 0.9
+"""Default fraction of the explicit stability bound used for the time step."""
+
+MAX_RHO_DT = 0.05
+"""Default largest ``rho dt`` per step (Euler's relative growth error is about half of it)."""
 
 
 def _spacing(spacing_mm, ndim: int, where: str) -> tuple[float, ...]:
@@ -50,8 +58,8 @@ def _spacing(spacing_mm, ndim: int, where: str) -> tuple[float, ...]:
     return tuple(float(x) for x in h)
 
 
-def fk_initial_condition(shape: Sequence[int], spacing_mm, origin_mm, *, mass: float = 1500.0,
-                         dt2: float = 15.0, cutoff: float = 0.1, dtype=None):
+def fk_initial_condition(shape: Sequence[int], spacing_mm, origin_mm, *, mass: float = SEED_MASS,
+                         dt2: float = SEED_DT2, cutoff: float = SEED_CUTOFF, dtype=None):
     """GliODIL's initial tumour (Amoudruz et al. 2025, eq. 27-28) on a grid of cell centres ``(i + 1/2) h`` (mm).
 
     ``u_0 = M / (4 pi Dt^2)^{d/2} exp(-|x - x_0|^2 / (4 Dt^2))``, 0 where ``u_0 <= cutoff``, at most 1.
@@ -120,8 +128,28 @@ def _check_field(name: str, value, shape, dtype):
     return jnp.asarray(value, dtype=dtype)
 
 
+def _check_rates(dw, dg, rho, t_final, safety, max_rho_dt) -> tuple[float, float, float, float]:
+    """``(dw, dg, rho, t_final)`` as floats after checking them and the step settings."""
+    for name, value in (("dw", dw), ("dg", dg), ("rho", rho), ("t_final", t_final)):
+        if not (np.ndim(value) == 0 and np.isfinite(float(value)) and float(value) >= 0):
+            raise ValueError(f"solve_fk: {name} must be a non-negative number, got {value!r}.")
+    if not 0 < safety <= 1 or not max_rho_dt > 0:
+        raise ValueError(f"solve_fk: need 0 < safety <= 1 and max_rho_dt > 0, got {safety} and {max_rho_dt}.")
+    return float(dw), float(dg), float(rho), float(t_final)
+
+
+def _step_bound(d_max: float, h, rho: float, safety: float, max_rho_dt: float) -> float:
+    """``min(safety / (2 sum_k Dmax / h_k^2), max_rho_dt / rho)`` (infinite when both terms vanish)."""
+    dt_max = math.inf
+    if d_max > 0:
+        dt_max = cfl_time_step(d_max, h, safety)
+    if rho > 0:
+        dt_max = min(dt_max, max_rho_dt / rho)
+    return dt_max
+
+
 def solve_fk(u0, wm, gm, spacing_mm, *, dw: float, dg: float, rho: float, t_final: float, times=None,
-             tissue_threshold: float = 0.1, safety: float = 0.9, max_rho_dt: float = 0.05,
+             tissue_threshold: float = TISSUE_THRESHOLD, safety: float = SAFETY, max_rho_dt: float = MAX_RHO_DT,
              max_steps: int = 10_000_000):
     """Integrate ``u_t = div((Dw c_w + Dg c_g) grad u) + rho u (1 - u)`` from ``u0`` (mm, days).
 
@@ -143,6 +171,10 @@ def solve_fk(u0, wm, gm, spacing_mm, *, dw: float, dg: float, rho: float, t_fina
 
     Returns:
         Array of shape ``(len(times), *u0.shape)``, dtype of ``u0``.
+
+    Raises:
+        ValueError: for fields of other shapes or outside ``[0, 1]``, negative coefficients, unordered
+            ``times`` or more than ``max_steps`` steps.
     """
     u0 = jnp.asarray(u0)
     if not jnp.issubdtype(u0.dtype, jnp.floating):
@@ -154,38 +186,15 @@ def solve_fk(u0, wm, gm, spacing_mm, *, dw: float, dg: float, rho: float, t_fina
     u0 = _check_field("u0", u0, shape, u0.dtype)
     wm = _check_field("wm", wm, shape, u0.dtype)
     gm = _check_field("gm", gm, shape, u0.dtype)
-    for name, value in (("dw", dw), ("dg", dg), ("rho", rho), ("t_final", t_final)):
-        if not (np.ndim(value) == 0 and np.isfinite(float(value)) and float(value) >= 0):
-            raise ValueError(f"solve_fk: {name} must be a non-negative number, got {value!r}.")
-    if not 0 < safety <= 1 or not max_rho_dt > 0:
-        raise ValueError(f"solve_fk: need 0 < safety <= 1 and max_rho_dt > 0, got {safety} and {max_rho_dt}.")
-    dw, dg, rho, t_final = float(dw), float(dg), float(rho), float(t_final)
-    times = np.atleast_1d(np.asarray([t_final] if times is None else times, dtype=float))
-    if times.ndim != 1 or np.any(np.diff(times) < 0) or times[0] < 0 or times[-1] > t_final * (1 + 1e-12):
-        raise ValueError(f"solve_fk: times must be increasing within [0, t_final = {t_final}], got {times}.")
+    dw, dg, rho, t_final = _check_rates(dw, dg, rho, t_final, safety, max_rho_dt)
+    times = output_times(times, t_final, "solve_fk")
 
     faces, d_max = _faces(wm, gm, jnp.asarray(dw, u0.dtype), jnp.asarray(dg, u0.dtype),
                           jnp.asarray(tissue_threshold, u0.dtype), h)
     d_max = float(d_max)
-    dt_max = math.inf
-    if d_max > 0:
-        dt_max = cfl_time_step(d_max, h, safety)
-    if rho > 0:
-        dt_max = min(dt_max, max_rho_dt / rho)
-
-    out, u, t = [], u0, 0.0
+    dt_max = _step_bound(d_max, h, rho, safety, max_rho_dt)
     rho_arr = jnp.asarray(rho, u0.dtype)
-    for target in times:
-        span = float(target) - t
-        n = 0
-        if span > 0:
-            n = 1 if math.isinf(dt_max) else int(math.ceil(span / dt_max - 1e-9))
-        if n > max_steps:
-            raise ValueError(f"solve_fk: {n} time steps needed (dt <= {dt_max:.3g} days for h = {h} mm, "
-                             f"Dmax = {d_max:.3g} mm^2/day, rho = {rho:.3g}/day); coarsen the grid, shorten "
-                             f"t_final or raise max_steps.")
-        if n:
-            u = _advance(u, faces, rho_arr, jnp.asarray(span / n, u0.dtype), n)
-        t = float(target)
-        out.append(u)
-    return jnp.stack(out)
+    return march(lambda u, dt, n: _advance(u, faces, rho_arr, dt, n), u0, times, dt_max, max_steps,
+                 lambda n: f"solve_fk: {n} time steps needed (dt <= {dt_max:.3g} days for h = {h} mm, "
+                           f"Dmax = {d_max:.3g} mm^2/day, rho = {rho:.3g}/day); coarsen the grid, shorten "
+                           f"t_final or raise max_steps.")

@@ -2,7 +2,7 @@
 
 Every method minimises the mean squared misfit ``L(theta) = mean((f(theta) - u_obs)^2)`` over the crop, with
 ``theta = (x, y, z, mu_D, mu_rho)`` inside the surrogate's training box, and ends with one run of the
-Fisher-Kolmogorov solver at the ``theta`` it found (Weidner et al.'s (2025) final high-precision run):
+Fisher-Kolmogorov solver at the ``theta`` it found (the final high-precision run of Weidner et al. 2025):
 
 * ``gradient``: L-BFGS-B (scipy) through the frozen surrogate, with exact gradients from JAX (GB);
 * ``direct``: the inverse encoder's prediction, one network call;
@@ -25,9 +25,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .. import _checks
 from .dataset import FKSettings, fk_on_crop
 from .metrics import mse
-from .surrogate import Surrogate
+from .model import Surrogate
 
 
 @dataclasses.dataclass
@@ -109,13 +110,12 @@ def invert_direct(encoder: Surrogate, tissue, u_obs, *, model: Surrogate | None 
 
 def invert_hybrid(model: Surrogate, encoder: Surrogate, tissue, u_obs, *, maxiter: int = 100,
                   fk: FKSettings = FKSettings(), final_run: bool = True) -> InversionResult:
-    """Seed 000's hybrid: direct prediction, then GB from it; keeps the better of the two.
+    """The hybrid of Weidner et al. 2025: direct prediction, then GB from it; keeps the better of the two.
 
-    Seed 000 keeps the lower loss. With ``final_run`` both candidates get their FK run and the lower misfit of
-    those runs to ``u_obs`` decides (one FK run more): the surrogate's loss is blind to the surrogate's own
-    error, so GB can descend into a surrogate minimum that the FK solver does not share (measured on the
-    benchmark's test crops: GB from the direct prediction ending with a worse FK fit than its start). Without
-    final runs the lower surrogate loss decides. ``loss`` is the kept candidate's surrogate loss."""
+    With ``final_run`` both candidates get their FK run and the lower misfit of those runs to ``u_obs``
+    decides (one FK run more; the surrogate's loss cannot see the surrogate's own error, docs/surrogate.md).
+    Without final runs the lower surrogate loss decides, as in Weidner et al. 2025. ``loss`` is the kept
+    candidate's surrogate loss; ``evaluations`` counts GB's evaluations and the direct prediction."""
     t0 = time.perf_counter()
     direct = invert_direct(encoder, tissue, u_obs, model=model, fk=fk, final_run=final_run)
     refined = invert_gradient(model, tissue, u_obs, direct.theta, maxiter=maxiter, fk=fk, final_run=final_run)
@@ -133,8 +133,11 @@ def invert_cmaes(model: Surrogate, tissue, u_obs, *, classical: bool = False, si
                  final_run: bool = True) -> InversionResult:
     """CMA-ES on ``z in [-1, 1]^5`` from the box centre: on the surrogate (each population one batched call)
     or, with ``classical=True``, on the FK solver (one run per candidate; the surrogate only supplies the
-    box). Stops after ``max_evaluations`` forward evaluations or cma's own criteria."""
+    box). Stops after ``max_evaluations`` forward evaluations or cma's own criteria. ``seed`` (an integer)
+    fixes cma's random stream."""
     import cma
+
+    seed = _checks.integer("invert_cmaes", "seed", seed)
 
     t0 = time.perf_counter()
     _, batch = _surrogate_functions(model, tissue, u_obs)

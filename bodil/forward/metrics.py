@@ -52,7 +52,7 @@ def ncc(pred, true):
 
 
 def residual_statistics(pred, true) -> dict:
-    """Seed 002's statistics of ``|p - t|``: ``mean``, ``p99`` (99th percentile) and ``max`` per field."""
+    """Toledo-Marín et al.'s (2021) statistics of ``|p - t|``: ``mean``, ``p99`` (99th percentile) and ``max`` per field."""
     p, t = _pair(pred, true)
     r = np.abs(p - t)
     return {"residual_mean": r.mean(axis=-1), "residual_p99": np.percentile(r, 99, axis=-1),

@@ -6,8 +6,9 @@ draws, then all proposals of one MCMC step of all chains) to an *executor*: any 
     evaluate(fn, thetas: list[dict[str, np.ndarray]]) -> list[result]
 
 that returns ``[fn(theta) for theta in thetas]``, in order (how and where ``fn`` runs is the executor's
-business). A result is whatever ``fn`` returns: a float, or ``(float, aux)``. Executors hold no random
-state, so the same seed gives the same samples with every executor when ``fn`` is deterministic.
+business). A result is whatever ``fn`` returns: a float, ``(float, extras)`` or ``(float, extras, stats)``
+(``bodil.inference.smc.smc``). Executors hold no random state, so the same seed gives the same samples with
+every executor when ``fn`` is deterministic.
 
 * ``SerialExecutor``: a loop in this process (the default).
 * ``PoolExecutor(pool)``: a ``concurrent.futures`` thread or process pool (``pool.map``).
@@ -36,6 +37,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import jax
 import numpy as np
+
+from .. import _checks
 
 Theta = dict[str, np.ndarray]
 
@@ -71,7 +74,7 @@ class PoolExecutor:
     def __init__(self, pool: concurrent.futures.Executor, chunksize: int = 1):
         if not isinstance(pool, concurrent.futures.Executor):
             raise TypeError(f"PoolExecutor needs a concurrent.futures.Executor, got {type(pool).__name__}.")
-        self.pool, self.chunksize = pool, int(chunksize)
+        self.pool, self.chunksize = pool, _checks.integer("PoolExecutor", "chunksize", chunksize, 1)
 
     def evaluate(self, fn: Callable[[Theta], Any], thetas: Sequence[Theta]) -> list[Any]:
         return list(self.pool.map(fn, thetas, chunksize=self.chunksize))
@@ -203,7 +206,7 @@ def _unstack(out: Any, m: int) -> list[Any]:
 
 class BatchExecutor:
     """Call ``fn`` once on the stacked batch: ``fn({name: array (m, *shape)})`` returns ``(m,)`` log-likelihoods
-    (or ``((m,), aux)`` with aux leaves of leading axis ``m``).
+    (or ``((m,), extras)``, ``((m,), extras, stats)`` with leaves of leading axis ``m``).
 
     Args:
         batch_size: evaluate at most this many at a time (``None``: the whole batch in one call).
@@ -212,9 +215,8 @@ class BatchExecutor:
     pad = False
 
     def __init__(self, batch_size: int | None = None):
-        if batch_size is not None and batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer or None, got {batch_size}.")
-        self.batch_size = batch_size
+        where = type(self).__name__
+        self.batch_size = None if batch_size is None else _checks.integer(where, "batch_size (or None)", batch_size, 1)
 
     def _batched(self, fn: Callable) -> Callable:
         return fn

@@ -20,24 +20,22 @@ itself (at most ``2^max_tree_depth - 1`` steps) and draws the next state from it
 warmup tunes ``eps`` by dual averaging towards ``target_accept`` and a diagonal ``M^{-1}`` from the warmup
 draws (Stan's windowed schedule in both backends).
 
-Seed 003's HMC (sec. 3.1: "chain length l = 10", step 0.008, 10 000 samples) is static HMC with the identity
-mass matrix and no adaptation, started at the MAP:
+The static HMC of Amoudruz et al. 2025 (sec. 3.1: 10 leapfrog steps of 0.008, identity mass matrix, no
+adaptation, started at the MAP) is
 
     idata = hmc(post, fit, kernel="hmc", step_size=0.008, num_steps=10, adapt=False,
                 num_warmup=0, num_samples=10_000)
 
-Seed 003 tuned that step to an acceptance rate of about 0.65. On ``bodil.cases.oscillator()`` (``L_PDE`` the
-mean over the 64 residual pairs of eq. 15, ``beta = 1e4``) the stiffest direction of ``U`` has curvature about
-``5.15e4``, so 0.008 lies just below the leapfrog stability limit ``2 / sqrt(5.15e4) = 0.0088`` and almost no
-proposal is accepted (measured: below 1e-9, both backends, with and without ``omega2``); ``step_size=0.004``
-gives the reported 0.66. Compare acceptance rates, not step sizes, across loss normalisations.
+Compare acceptance rates, not step sizes, across loss normalisations (docs/inference.md: with bodil's
+``L_PDE`` that step lies at the leapfrog stability limit of the oscillator).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import warnings
-from typing import Any, NamedTuple
+from typing import Any
 
 import arviz as az
 import jax
@@ -45,31 +43,92 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
+from .. import _checks
+from ..progress import ProgressMeter, as_meter
+
 BACKENDS = ("numpyro", "blackjax")
 KERNELS = ("nuts", "hmc")
 CHAIN_METHODS = ("vectorized", "sequential")
 
 
-class Settings(NamedTuple):
-    """What both backends need to run the chains (validated by ``hmc``)."""
+@dataclasses.dataclass(frozen=True)
+class HMCSettings:
+    """What both backends need to run the chains; checked (and converted to plain types) on construction.
 
-    kernel: str
-    num_samples: int
-    num_warmup: int
-    num_chains: int
-    chain_method: str
-    adapt: bool
-    step_size: float | None
-    num_steps: int | None
-    target_accept: float
-    max_tree_depth: int
-    progress: bool
+    Attributes:
+        kernel: ``"nuts"`` or ``"hmc"`` (static).
+        num_samples: draws kept per chain (>= 1).
+        num_warmup: draws discarded per chain (>= 0; > 0 with ``adapt``).
+        num_chains: independent chains (>= 1).
+        chain_method: ``"vectorized"`` or ``"sequential"``.
+        adapt: tune the step size and a diagonal mass matrix during warmup.
+        step_size: leapfrog step; required when ``adapt`` is ``False``.
+        num_steps: leapfrog steps per proposal; required with ``kernel="hmc"``, refused with NUTS.
+        target_accept: acceptance rate the step-size adaptation aims at, in (0, 1).
+        max_tree_depth: NUTS trajectories have at most ``2^max_tree_depth - 1`` leapfrog steps.
+        progress: show the backend's own progress bar.
+
+    Raises:
+        ValueError: an unknown kernel or chain method, a count out of range, a missing or refused
+            ``step_size``/``num_steps``, ``adapt`` without warmup.
+    """
+
+    kernel: str = "nuts"
+    num_samples: int = 2000
+    num_warmup: int = 1000
+    num_chains: int = 1
+    chain_method: str = "vectorized"
+    adapt: bool = True
+    step_size: float | None = None
+    num_steps: int | None = None
+    target_accept: float = 0.8
+    max_tree_depth: int = 10
+    progress: bool = False
+
+    def __post_init__(self):
+        where = "hmc"
+        values = {
+            "kernel": _checks.choice(where, "kernel", self.kernel, KERNELS),
+            "chain_method": _checks.choice(where, "chain_method", self.chain_method, CHAIN_METHODS),
+            "num_samples": _checks.integer(where, "num_samples", self.num_samples, 1),
+            "num_warmup": _checks.integer(where, "num_warmup", self.num_warmup, 0),
+            "num_chains": _checks.integer(where, "num_chains", self.num_chains, 1),
+            "max_tree_depth": _checks.integer(where, "max_tree_depth", self.max_tree_depth, 1),
+            "adapt": bool(self.adapt), "progress": bool(self.progress),
+        }
+        if self.kernel == "hmc" and self.num_steps is None:
+            raise ValueError("hmc: kernel='hmc' (static HMC) needs num_steps, the leapfrog steps per proposal "
+                             "(Amoudruz et al. (2025): num_steps=10).")
+        if self.kernel == "nuts" and self.num_steps is not None:
+            raise ValueError("hmc: num_steps sets static HMC's path length; NUTS chooses its own (use "
+                             "max_tree_depth), or pass kernel='hmc'.")
+        if self.num_steps is not None:
+            values["num_steps"] = _checks.integer(where, "num_steps", self.num_steps, 1)
+        if not self.adapt and self.step_size is None:
+            raise ValueError("hmc: adapt=False keeps the step size fixed, so step_size is required "
+                             "(Amoudruz et al. (2025): step_size=0.008).")
+        if self.step_size is not None:
+            values["step_size"] = _checks.positive(where, "step_size", self.step_size)
+        if self.adapt and self.num_warmup == 0:
+            raise ValueError("hmc: adapt=True tunes the step size during warmup, so num_warmup must be > 0; "
+                             "for fixed settings pass adapt=False and a step_size.")
+        values["target_accept"] = _checks.open_interval(where, "target_accept", self.target_accept, 0.0, 1.0)
+        for name, value in values.items():
+            object.__setattr__(self, name, value)
+
+    def attrs(self) -> dict:
+        """The settings that shaped the run, as netCDF-safe ``InferenceData`` attributes (no ``None``, bools
+        as 0/1, and without the options the kernel ignores)."""
+        unused = {"max_tree_depth"} if self.kernel == "hmc" else set()
+        unused |= set() if self.adapt else {"target_accept"}
+        return {k: (int(v) if isinstance(v, bool) else v) for k, v in dataclasses.asdict(self).items()
+                if v is not None and k not in unused}
 
 
-def hmc(posterior, init, *, num_samples: int = 2000, num_warmup: int = 1000, seed: int = 0, key=None,
-        backend: str = "numpyro", kernel: str = "nuts", step_size: float | None = None,
-        num_steps: int | None = None, adapt: bool = True, num_chains: int = 1, chain_method: str = "vectorized",
-        target_accept: float = 0.8, max_tree_depth: int = 10, progress: bool = False) -> az.InferenceData:
+def hmc(posterior, init, *, num_samples: int = 2000, num_warmup: int = 1000, seed=0, backend: str = "numpyro",
+        kernel: str = "nuts", step_size: float | None = None, num_steps: int | None = None, adapt: bool = True,
+        num_chains: int = 1, chain_method: str = "vectorized", target_accept: float = 0.8,
+        max_tree_depth: int = 10, progress: bool | ProgressMeter = False) -> az.InferenceData:
     """Sample ``p(u, theta | D)`` with NUTS or static HMC, started at ``init`` (usually the MAP).
 
     Args:
@@ -78,7 +137,7 @@ def hmc(posterior, init, *, num_samples: int = 2000, num_warmup: int = 1000, see
             (after warmup the chains are independent; R-hat is less sensitive than with dispersed starts).
         num_samples: draws kept per chain.
         num_warmup: draws discarded per chain; with ``adapt=True`` they tune the step size and the mass matrix.
-        seed: integer seed; ``key`` (a ``jax.random`` key) overrides it. The same seed gives the same draws.
+        seed: an integer or a ``jax.random`` key. The same seed gives the same draws.
         backend: ``"numpyro"`` (``numpyro.infer.MCMC``) or ``"blackjax"`` (``window_adaptation`` and a
             ``jax.lax.scan`` loop).
         kernel: ``"nuts"`` or ``"hmc"`` (static, ``num_steps`` leapfrog steps per proposal).
@@ -91,7 +150,9 @@ def hmc(posterior, init, *, num_samples: int = 2000, num_warmup: int = 1000, see
             trajectory of each step) or one after another (``"sequential"``).
         target_accept: acceptance rate the step-size adaptation aims at.
         max_tree_depth: NUTS trajectories have at most ``2^max_tree_depth - 1`` leapfrog steps.
-        progress: show a progress bar (blackjax needs its ``progress`` extra, ``jaxtap``).
+        progress: ``True`` shows the backend's own bar, draw by draw (blackjax needs its ``progress`` extra,
+            ``jaxtap``); a ``bodil.progress`` meter gets one job of ``num_chains * (num_warmup + num_samples)``
+            draws, stepped when the compiled run returns.
 
     Returns:
         ``arviz.InferenceData``: ``posterior`` holds the inferred parameters (constrained) and the field on
@@ -99,81 +160,44 @@ def hmc(posterior, init, *, num_samples: int = 2000, num_warmup: int = 1000, see
         the field is a dict, like the oscillator's ``x`` and ``v``); ``sample_stats`` holds ``diverging``,
         ``acceptance_rate``, ``step_size``, ``n_steps`` (leapfrog steps), ``energy`` (``H`` at the draw),
         ``lp`` (``-U(x)``, the log density in unconstrained space) and, for NUTS, ``tree_depth``; ``attrs``
-        the backend, kernel, settings and ``wall_time`` (seconds, compilation included).
+        the backend, kernel, settings (``HMCSettings``), ``seed`` when it was an integer and ``wall_time``
+        (seconds, compilation included).
 
     Raises:
         ValueError: unknown backend, kernel or chain method; missing ``step_size``/``num_steps``; a
             non-finite potential or gradient at ``init``.
+        TypeError: ``init`` is neither a ``MAPResult`` nor a pair; ``seed`` is neither an integer nor a key.
     """
-    settings = _check_settings(backend, kernel, num_samples, num_warmup, num_chains, chain_method, adapt,
-                               step_size, num_steps, target_accept, max_tree_depth, progress)
+    _checks.choice("hmc", "backend", backend, BACKENDS)
+    settings = HMCSettings(kernel=kernel, num_samples=num_samples, num_warmup=num_warmup, num_chains=num_chains,
+                           chain_method=chain_method, adapt=adapt, step_size=step_size, num_steps=num_steps,
+                           target_accept=target_accept, max_tree_depth=max_tree_depth, progress=progress is True)
+    rng_key = _checks.as_key("hmc", seed)
     x0, unravel = _initial_position(posterior, init)
 
     def potential(x):
         return posterior.potential(unravel(x))
 
     _check_finite(posterior, potential, x0, unravel)
-    rng_key = jax.random.key(seed) if key is None else key
-    x0s = jnp.broadcast_to(x0, (num_chains,) + x0.shape)
+    x0s = jnp.broadcast_to(x0, (settings.num_chains,) + x0.shape)
+    meter = as_meter(None if progress is True else progress)
+    total = settings.num_chains * (settings.num_warmup + settings.num_samples)
     start = time.perf_counter()
-    draws, stats = _SAMPLERS[backend](potential, x0s, rng_key, settings)
-    draws = jax.block_until_ready(draws)
+    with meter.session(f"hmc ({backend} {kernel})", total=total, unit="draw") as bar:
+        draws, stats = _SAMPLERS[backend](potential, x0s, rng_key, settings)
+        draws = jax.block_until_ready(draws)
+        bar.step(total)
     wall = time.perf_counter() - start
-    unused = {"max_tree_depth"} if kernel == "hmc" else set()
-    unused |= set() if adapt else {"target_accept"}
-    attrs = {"backend": backend, "wall_time": wall,  # netCDF-safe values only: no None, bools as 0/1
-             **{k: (int(v) if isinstance(v, bool) else v) for k, v in settings._asdict().items()
-                if v is not None and k not in unused}}
-    if key is None:
+    attrs = {"backend": backend, "wall_time": wall, **settings.attrs()}
+    if not isinstance(seed, jax.Array):
         attrs["seed"] = int(seed)
     return _inference_data(posterior, unravel, draws, stats, attrs)
 
 
 # ---------------------------------------------------------------------- shared
-def _check_settings(backend, kernel, num_samples, num_warmup, num_chains, chain_method, adapt, step_size,
-                    num_steps, target_accept, max_tree_depth, progress) -> Settings:
-    if backend not in BACKENDS:
-        raise ValueError(f"hmc: unknown backend {backend!r}; choose one of {BACKENDS}.")
-    if kernel not in KERNELS:
-        raise ValueError(f"hmc: unknown kernel {kernel!r}; choose one of {KERNELS}.")
-    if chain_method not in CHAIN_METHODS:
-        raise ValueError(f"hmc: unknown chain_method {chain_method!r}; choose one of {CHAIN_METHODS}.")
-    for name, value, low in (("num_samples", num_samples, 1), ("num_warmup", num_warmup, 0),
-                             ("num_chains", num_chains, 1), ("max_tree_depth", max_tree_depth, 1)):
-        if int(value) != value or value < low:
-            raise ValueError(f"hmc: {name} must be an integer >= {low}, got {value!r}.")
-    if kernel == "hmc" and num_steps is None:
-        raise ValueError("hmc: kernel='hmc' (static HMC) needs num_steps, the leapfrog steps per proposal "
-                         "(Amoudruz et al. (2025): num_steps=10).")
-    if kernel == "nuts" and num_steps is not None:
-        raise ValueError("hmc: num_steps sets static HMC's path length; NUTS chooses its own (use max_tree_depth), "
-                         "or pass kernel='hmc'.")
-    if num_steps is not None and (int(num_steps) != num_steps or num_steps < 1):
-        raise ValueError(f"hmc: num_steps must be a positive integer, got {num_steps!r}.")
-    if not adapt and step_size is None:
-        raise ValueError("hmc: adapt=False keeps the step size fixed, so step_size is required "
-                         "(Amoudruz et al. (2025): step_size=0.008).")
-    if step_size is not None and not (np.isfinite(step_size) and step_size > 0):
-        raise ValueError(f"hmc: step_size must be positive and finite, got {step_size!r}.")
-    if adapt and num_warmup == 0:
-        raise ValueError("hmc: adapt=True tunes the step size during warmup, so num_warmup must be > 0; "
-                         "for fixed settings pass adapt=False and a step_size.")
-    if not 0 < target_accept < 1:
-        raise ValueError(f"hmc: target_accept must lie in (0, 1), got {target_accept!r}.")
-    return Settings(kernel, int(num_samples), int(num_warmup), int(num_chains), chain_method, bool(adapt),
-                    None if step_size is None else float(step_size), None if num_steps is None else int(num_steps),
-                    float(target_accept), int(max_tree_depth), bool(progress))
-
-
 def _initial_position(posterior, init):
     """Flat unconstrained start ``x0 = ravel((u, T^{-1}(theta)))`` and the map back to ``(u, z)``."""
-    if hasattr(init, "u") and hasattr(init, "theta"):
-        u, theta = init.u, init.theta
-    else:
-        try:
-            u, theta = init
-        except (TypeError, ValueError):
-            raise TypeError(f"hmc: init must be a MAPResult or a pair (u, theta), got {type(init).__name__}.") from None
+    u, theta = _checks.starting_point("hmc", init)
     posterior.check(u, theta)
     return ravel_pytree(posterior.unconstrain(u, theta))
 
@@ -215,7 +239,7 @@ def _inference_data(posterior, unravel, draws, stats, attrs) -> az.InferenceData
 
 
 # ---------------------------------------------------------------------- numpyro
-def _sample_numpyro(potential, x0s, key, s: Settings):
+def _sample_numpyro(potential, x0s, key, s: HMCSettings):
     from numpyro.infer import HMC, MCMC, NUTS
 
     common = dict(potential_fn=potential, step_size=1.0 if s.step_size is None else s.step_size,
@@ -239,7 +263,7 @@ def _sample_numpyro(potential, x0s, key, s: Settings):
 
 
 # ---------------------------------------------------------------------- blackjax
-def _sample_blackjax(potential, x0s, key, s: Settings):
+def _sample_blackjax(potential, x0s, key, s: HMCSettings):
     import blackjax
     from blackjax.adaptation.base import get_filter_adapt_info_fn
     from blackjax.mcmc.metrics import default_metric

@@ -9,7 +9,9 @@ example a forward solve from the initial condition at theta), from whichever of 
 objective ``-log p(u, theta | D)``. ``warm_log_likelihood(theta, start)`` instead starts from a solution the
 caller carries (a sampler's particle: its last inner solution) and returns the new one, so the value does
 not depend on the order of evaluations or on which worker runs them. Every evaluation is recorded with its
-start, inner iterations, gradient norm, converged flag and wall time. An inner solve that did not converge
+start, inner iterations, gradient norm, converged flag and wall time (``records``); ``log_likelihood`` also
+returns the converged flag and the iterations with its value, so a sampler keeps them with each particle
+(``idata.sample_stats["converged"]`` after ``bodil.basis``). An inner solve that did not converge
 raises (``on_failure="raise"``, default), gives ``-inf`` (``"-inf"``), or keeps the value it reached
 (``"lower-bound"``): any field gives ``log p(u, theta | D) <= max_u log p(u, theta | D)``, so the kept value
 is a lower bound of the mode value, useful where such points lie far below the mode and only need to be
@@ -39,6 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
+from .. import _checks
 from ..optimize.gauss_newton import GaussNewton
 from ..optimize.objective import Objective
 
@@ -72,15 +75,16 @@ class ModeApproximation:
 
     Args:
         posterior: a ``bodil.Posterior`` with at least one inferred parameter.
-        u0: the first starting field (a forward solution or the MAP).
-        theta0: the parameters ``u0`` belongs to (constrained; default: prior means).
+        init: the first starting point: a ``MAPResult`` (``fit``) or a pair ``(u0, theta0)``, ``u0`` a field
+            (a forward solution or the MAP) and ``theta0`` the constrained parameters it belongs to.
         max_iter, gtol, ftol: inner Gauss-Newton stopping rules (``GaussNewton.run``; see the module doc).
         on_failure: ``"raise"``, ``"-inf"`` or ``"lower-bound"`` (keep the value reached) for inner solves
             that did not converge.
         cache_size: how many previous solutions are kept for warm starts (each is one field: for an annealed
             sampler a few times its number of particles lets every proposal start next to its seed).
-        keep: optional ``keep(u, theta) -> array``; then ``log_likelihood`` returns ``(value, keep(u*, theta))``
-            so samplers can carry, say, the field at the final time with each sample.
+        keep: optional ``keep(u, theta) -> pytree of arrays``; ``log_likelihood`` returns it as its ``extras`` so
+            samplers carry, say, the field at the final time with each sample (return ``{"field": u[-1]}``:
+            ``bodil.basis`` stores it as ``idata.posterior["field"]``).
         initial: optional ``initial(theta) -> u``, a field of ``u0``'s structure (e.g. a forward solve started
             at theta, ``bodil.cases.reaction_diffusion.forward_field``); each solve starts from it instead of
             the nearest stored solution when its objective is lower.
@@ -92,12 +96,13 @@ class ModeApproximation:
             evaluations (e.g. a higher ``max_iter`` to re-solve chosen points) without recompiling.
 
     Example:
-        >>> mode = ModeApproximation(post, fit.u, fit.theta)
+        >>> mode = ModeApproximation(post, fit)
         >>> mode.log_density({"omega2": 1.1})
-        >>> idata = bodil.basis(mode.log_likelihood, post.params, n=256, seed=0)
+        >>> idata = bodil.basis(mode.log_likelihood, post.params, num_samples=256, seed=0)
+        >>> idata.sample_stats["converged"].mean()  # the inner solves of the final particles
     """
 
-    def __init__(self, posterior, u0, theta0: dict | None = None, *, max_iter: int = 50, gtol: float = 1e-6,
+    def __init__(self, posterior, init, *, max_iter: int = 50, gtol: float = 1e-6,
                  ftol: float | None = None, on_failure: str = "raise", cache_size: int = 32,
                  keep: Callable | None = None, initial: Callable | None = None, **solver_options: Any):
         if not posterior.params.priors:
@@ -108,7 +113,7 @@ class ModeApproximation:
             raise ValueError(f"ModeApproximation: cache_size must be at least 1, got {cache_size}.")
         if initial is not None and not callable(initial):
             raise TypeError(f"ModeApproximation: initial must be a function theta -> u, got {type(initial).__name__}.")
-        theta0 = posterior.initial_theta() if theta0 is None else theta0
+        u0, theta0 = _checks.starting_point("ModeApproximation", init)
         self.posterior = posterior
         self.objective = Objective(posterior, u0, theta0)
         self.solver = GaussNewton(self.objective, **solver_options)
@@ -195,16 +200,18 @@ class ModeApproximation:
         """``log p(u*(theta), theta | D)``: the mode approximation of ``log p(theta | D)`` (unnormalised)."""
         return self.solve(theta)[1].log_density
 
-    def log_likelihood(self, theta: dict):
-        """``log p(u*(theta), theta | D) - log p(theta)``: what a sampler that draws from the prior weighs.
+    def log_likelihood(self, theta: dict) -> tuple[float, Any, dict]:
+        """``(log L, extras, stats)``: what a sampler that draws from the prior weighs, with what it carries.
 
-        Returns ``(value, keep(u*, theta))`` when ``keep`` was given.
+        ``log L = log p(u*(theta), theta | D) - log p(theta)``; ``extras = keep(u*, theta)`` (``None`` without
+        ``keep``); ``stats = {"converged": bool, "iterations": int}`` of the inner solve. ``bodil.basis`` stores
+        ``extras`` in ``idata.posterior`` and ``stats`` in ``idata.sample_stats``, per particle.
         """
         u, ev = self.solve(theta)
         return self._likelihood(theta, u, ev)
 
     def warm_log_likelihood(self, theta: dict, start: Any = None):
-        """``(log_likelihood(theta), x*)`` with the inner solve started from ``start``: for samplers whose
+        """``((log L, extras, stats), x*)`` with the inner solve started from ``start``: for samplers whose
         particles carry their own warm start (``bodil.basis(mode.warm_log_likelihood, ..., warm_start=True)``).
 
         ``start`` is the ``x*`` returned by an earlier call (the flat solution, field and unconstrained
@@ -216,15 +223,16 @@ class ModeApproximation:
         u, ev, x = self._solve(theta, start)
         return self._likelihood(theta, u, ev), (start if x is None else np.asarray(x))
 
-    def _likelihood(self, theta: dict, u, ev: Evaluation):
+    def _likelihood(self, theta: dict, u, ev: Evaluation) -> tuple[float, Any, dict]:
         value = ev.log_density
         if math.isfinite(value):
             value -= float(self.posterior.params.log_prob({k: jnp.asarray(v) for k, v in theta.items()}))
-        if self.keep is None:
-            return value
-        if u is None:
-            u = self.objective.unravel(self._cache[0][1])[0]
-        return value, np.asarray(self.keep(u, theta))
+        extras = None
+        if self.keep is not None:
+            if u is None:  # outside the prior's support: keep the starting field's, of the same shape
+                u = self.objective.unravel(self._cache[0][1])[0]
+            extras = jax.tree_util.tree_map(np.asarray, self.keep(u, theta))
+        return value, extras, {"converged": bool(ev.converged), "iterations": int(ev.iterations)}
 
     def exact_log_marginal(self, theta: dict) -> float:
         """``log p(theta | D)`` up to a constant, exact when ``log p`` is quadratic in ``u``: the mode value plus

@@ -30,6 +30,8 @@ from jax.flatten_util import ravel_pytree
 from scipy import stats
 from scipy.special import logsumexp
 
+from .._checks import as_key
+
 IMPROPER = ("the PDE prior on the field is improper (its curvature is singular: no initial-condition term?), so "
             "the evidence is undefined")
 
@@ -45,12 +47,15 @@ class PriorNormaliser(NamedTuple):
     info: dict
 
 
-def prior_points(params, seed: int, num: int, dtype) -> list[dict]:
+def prior_points(params, seed, num: int, dtype) -> list[dict]:
     """``num`` points of the parameter prior: scrambled Sobol points through each prior's ``icdf`` (plain
-    draws from priors that have none), as constrained ``theta`` dicts."""
+    draws from priors that have none), as constrained ``theta`` dicts. ``seed``: an integer (the Sobol
+    scrambling's seed) or a ``jax.random`` key (which draws that seed)."""
+    key = as_key("prior_points", seed)
+    sobol_seed = int(seed) if isinstance(seed, (int, np.integer)) else int(jax.random.bits(key, dtype=jnp.uint32))
     sizes = {k: int(np.prod(d.batch_shape + d.event_shape, dtype=int)) for k, d in params.priors.items()}
-    unit = stats.qmc.Sobol(sum(sizes.values()), scramble=True, seed=seed).random(num)
-    key, out, start = jax.random.key(seed), {}, 0
+    unit = stats.qmc.Sobol(sum(sizes.values()), scramble=True, seed=sobol_seed).random(num)
+    out, start = {}, 0
     for k, d in params.priors.items():
         shape = (num,) + d.batch_shape + d.event_shape
         q = jnp.asarray(unit[:, start:start + sizes[k]].reshape(shape), dtype)
@@ -63,8 +68,9 @@ def prior_points(params, seed: int, num: int, dtype) -> list[dict]:
     return [{k: v[i] for k, v in out.items()} for i in range(num)]
 
 
-def field_prior_normaliser(ops, params, method: str, hessian: str, seed: int, num: int) -> PriorNormaliser:
-    """The normaliser terms of the module doc at the MAP of ``ops`` (``bodil.inference.laplace._Operators``)."""
+def field_prior_normaliser(ops, params, method: str, hessian: str, seed, num: int) -> PriorNormaliser:
+    """The normaliser terms of the module doc at the MAP of ``ops`` (a ``bodil.inference.curvature.Curvature``);
+    ``seed`` (an integer or a ``jax.random`` key) chooses the prior points and the probes of ``P``."""
     n_theta = ops.x.size - ops.n_field
     dense = method == "dense"
     log_det = ops.prior_logdet(hessian) if dense else None
@@ -81,7 +87,7 @@ def field_prior_normaliser(ops, params, method: str, hessian: str, seed: int, nu
             return abs(first[i] - ld_star) <= 1e-10 * max(1.0, abs(ld_star))
     else:
         products = ops.prior_products()
-        probes = jax.random.normal(jax.random.key(seed), (4, ops.n_field), ops.x.dtype)
+        probes = jax.random.normal(as_key("laplace", seed), (4, ops.n_field), ops.x.dtype)
         at_map = products(ops.x, probes)
 
         def same(i):

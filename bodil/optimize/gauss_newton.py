@@ -15,6 +15,8 @@ divides ``mu`` by 3 when ``rho > 3/4`` and doubles it when ``rho < 1/4``. Where 
 far from the optimum (sigmoid or hinge likelihoods whose curvature switches on as a voxel crosses a
 threshold) the damped steps turn towards the gradient instead of being cut back along an overshooting
 Gauss-Newton direction; near the optimum ``mu`` falls away and the steps become Gauss-Newton steps again.
+The update is the pure function ``levenberg_marquardt``; a rejected step is retried from the same point with
+at least twice the damping.
 
 The CG tolerance follows the forcing sequence ``eta_k = min(eta_max, sqrt(|g_k| / |g_0|))``: loose far from
 the solution, tight near it. For a quadratic ``f`` (linear residuals, Gaussian data) pass ``eta_max=0`` so
@@ -37,18 +39,17 @@ decrement), or the actual decrease is below ``ftol * max(|f|, 1)``; when ``f <= 
 
 from __future__ import annotations
 
-import time
+import dataclasses
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
-from tqdm.auto import tqdm
 
+from ..progress import ProgressMeter
 from .cg import truncated_cg
+from .iterate import Outcome, Stop, iterate
 from .objective import Objective
 from .preconditioner import REACTION_CAP, capped_points, time_marching_preconditioner
-from .result import Report
 
 PRECONDITIONERS = ("auto", "time-marching", None)
 
@@ -90,7 +91,7 @@ class GaussNewton:
         self.options = dict(damping=damping, cg_maxiter=cg_maxiter, cg_rtol=cg_rtol, eta_max=eta_max,
                             max_backtracks=max_backtracks, armijo=armijo)
         self.preconditioner = preconditioner
-        self._steps = {fix: jax.jit(self._make_step(fix)) for fix in (False, True)}
+        self._steps = {fix: jax.jit(self._make_step(fix)) for fix in (False, True)}  # (x, |g0|, mu) -> GNStep
         self._grad = jax.jit(jax.grad(obj.value))
         u, _ = obj.unravel(obj.x0)
         self.n_field = sum(leaf.size for leaf in jax.tree.leaves(u))
@@ -164,98 +165,135 @@ class GaussNewton:
 
         return step
 
+    def gradient(self, x):
+        """``grad f(x)``, compiled once (all of it: field and parameters)."""
+        return self._grad(x)
+
     def run(self, x0=None, *, fix_theta: bool = False, max_iter: int = 100, gtol: float = 1e-6,
-            ftol: float | None = None, target_loss: float | None = None, progress: bool = False):
-        """Iterate from ``x0`` (default: the objective's start); returns ``(x, Report)``."""
-        obj = self.obj
-        x = obj.x0 if x0 is None else x0
+            ftol: float | None = None, target_loss: float | None = None, progress: bool | ProgressMeter = False):
+        """Iterate from ``x0`` (default: the objective's start); returns ``(x, Report)``.
+
+        Stopping rules: see the module docstring (``ftol`` defaults to ``1e-12`` in float64, ``1e-6`` else).
+        """
+        x = self.obj.x0 if x0 is None else x0
         if ftol is None:
             ftol = 1e-12 if x.dtype == jnp.float64 else 1e-6
-        step = self._steps[bool(fix_theta)]
-        start = time.perf_counter()
-        g0 = self._grad(x)
-        if fix_theta:
-            g0 = g0.at[self.n_field:].set(0.0)
-        g0_norm = jnp.linalg.norm(g0)
-        history, cg_its, capped = [], [], []
-        n_fun = n_jvp = n_vjp = 0
-        n_grad = 1
-        converged, message = False, "maximum number of iterations reached"
-        it = 0
-        mu, mus = self.options["damping"], []
-        mu_floor, mu_ceiling = 1e-12 * mu, 1e12 * mu
-        g_inf = float(jnp.max(jnp.abs(g0)))
-        if g_inf <= gtol:
-            converged, message = True, "gradient norm below gtol at the start"
-        with tqdm(total=max_iter, desc="gauss-newton", disable=not progress, leave=False) as bar:
-            while not converged and it < max_iter:
-                out = step(x, g0_norm, jnp.asarray(mu, x.dtype))
-                mus.append(mu)
-                it += 1
-                k = int(out.cg_iterations)
-                cg_its.append(k)
-                capped.append(int(out.capped))
-                n_jvp += k + 1
-                n_vjp += k + 1
-                n_grad += 1
-                n_fun += int(out.linesearch_evals)
-                loss, new_loss = float(out.loss), float(out.new_loss)
-                g_inf = float(out.grad_inf)
-                history.append(loss)
-                bar.update(1)
-                bar.set_postfix(loss=f"{new_loss:.6g}", cg=k)
-                if g_inf <= gtol:
-                    converged, message = True, "gradient norm below gtol"
-                    x = out.x
-                    break
-                trusted = not self.adaptive_damping or mus[-1] <= self.options["damping"]  # a small damped step is no sign of a minimum
-                if trusted and bool(out.cg_converged) and float(out.predicted_decrease) <= ftol * max(abs(loss), 1.0):
-                    converged, message = True, "predicted decrease below ftol (Newton decrement)"
-                    x = out.x
-                    break
-                # The ratio means something only while the predicted decrease is above rounding in f.
-                if self.adaptive_damping and float(out.predicted_decrease) > 1e-13 * max(abs(loss), 1.0):
-                    ratio = float(out.model_ratio)
-                    if ratio > 0.75:
-                        mu = max(mu / 3.0, mu_floor)
-                    elif ratio < 0.25:
-                        mu = 2.0 * mu
-                if not bool(out.accepted):
-                    if self.adaptive_damping and mu < mu_ceiling:
-                        mu = max(mu, 2.0 * mus[-1])
-                        continue  # a shorter, more gradient-like step from the same point
-                    message = "line search failed to decrease the loss"
-                    break
-                x = out.x
-                if target_loss is not None and new_loss <= target_loss:
-                    converged, message = True, "target loss reached"
-                    break
-                if loss - new_loss <= ftol * max(abs(new_loss), 1.0) and bool(out.cg_converged):
-                    converged, message = True, "relative loss change below ftol"
-                    break
-        g_final = self._grad(x)
-        if fix_theta:
-            g_final = g_final.at[self.n_field:].set(0.0)
-        n_grad += 1
-        x.block_until_ready()
-        wall = time.perf_counter() - start
-        final = float(obj.value(x))
-        history.append(final)
-        if capped and max(capped) > 0:
-            message += (f"; the time-marching preconditioner was approximate at up to {max(capped)} of "
-                        f"{self.n_field} space-time points, where rho (1 - 2u) dt > {REACTION_CAP} (a time step "
+        return iterate(GaussNewtonRun(self, bool(fix_theta), gtol, ftol, target_loss), x, max_iter=max_iter,
+                       progress=progress)
+
+
+def levenberg_marquardt(damping: float, start: float, ratio: float, informative: bool,
+                        accepted: bool) -> tuple[float, bool]:
+    """The damping after a step taken with ``damping``: ``(next damping, retry)``.
+
+    With the trust-region ratio ``rho`` (actual over predicted decrease of the full step; ``informative`` when
+    the predicted decrease is above rounding in ``f``), ``mu / 3`` (not below ``1e-12 start``) when
+    ``rho > 3/4``, ``2 mu`` when ``rho < 1/4``. A rejected step is retried from the same point (``retry``) with
+    at least twice the damping while that stays below ``1e12 start``.
+    """
+    mu = damping
+    if informative:
+        if ratio > 0.75:
+            mu = max(damping / 3.0, 1e-12 * start)
+        elif ratio < 0.25:
+            mu = 2.0 * damping
+    if not accepted and mu < 1e12 * start:
+        return max(mu, 2.0 * damping), True
+    return mu, False
+
+
+class GNState(NamedTuple):
+    x: jax.Array
+    g0_norm: jax.Array  # |g| at the start, the scale of the forcing sequence
+    g0_inf: float
+    damping: float  # mu for the next step
+    iterations: int
+    last: GNStep | None  # the last step's diagnostics
+    retry: bool  # the last step was rejected and is retried with more damping
+    linesearch_evals: int
+    history: tuple  # per step: the loss at its start
+    cg_iterations: tuple
+    damping_used: tuple
+    capped: tuple
+
+
+@dataclasses.dataclass(frozen=True)
+class GaussNewtonRun:
+    """One run of a ``GaussNewton`` with its stopping rules: the solver ``bodil.optimize.iterate`` drives."""
+
+    gn: GaussNewton
+    fix_theta: bool
+    gtol: float
+    ftol: float
+    target_loss: float | None
+
+    @property
+    def obj(self) -> Objective:
+        return self.gn.obj
+
+    @property
+    def method(self) -> str:
+        return "gauss-newton" if self.gn.curvature == "gauss-newton" else "newton-krylov"
+
+    def _gradient(self, x):
+        g = self.gn.gradient(x)
+        return g.at[self.gn.n_field:].set(0.0) if self.fix_theta else g
+
+    def init(self, x0) -> GNState:
+        g0 = self._gradient(x0)
+        return GNState(x0, jnp.linalg.norm(g0), float(jnp.max(jnp.abs(g0))), self.gn.options["damping"], 0, None,
+                       False, 0, (), (), (), ())
+
+    def step(self, state: GNState, budget: int, tick) -> GNState:
+        x, mu = state.x, state.damping
+        out = self.gn._steps[self.fix_theta](x, state.g0_norm, jnp.asarray(mu, x.dtype))
+        loss, k = float(out.loss), int(out.cg_iterations)
+        tick(1, loss=float(out.new_loss), cg=k)
+        retry = False
+        if self.gn.adaptive_damping:
+            informative = float(out.predicted_decrease) > 1e-13 * max(abs(loss), 1.0)
+            mu, retry = levenberg_marquardt(mu, self.gn.options["damping"], float(out.model_ratio), informative,
+                                            bool(out.accepted))
+        return GNState(out.x, state.g0_norm, state.g0_inf, mu, state.iterations + 1, out, retry,
+                       state.linesearch_evals + int(out.linesearch_evals), (*state.history, loss),
+                       (*state.cg_iterations, k), (*state.damping_used, state.damping),
+                       (*state.capped, int(out.capped)))
+
+    def terminate(self, state: GNState) -> Stop | None:
+        out = state.last
+        if out is None:
+            return Stop(True, "gradient norm below gtol at the start") if state.g0_inf <= self.gtol else None
+        loss, new_loss, cg_converged = float(out.loss), float(out.new_loss), bool(out.cg_converged)
+        if float(out.grad_inf) <= self.gtol:
+            return Stop(True, "gradient norm below gtol")
+        # a small damped step is no sign of a minimum
+        trusted = not self.gn.adaptive_damping or state.damping_used[-1] <= self.gn.options["damping"]
+        if trusted and cg_converged and float(out.predicted_decrease) <= self.ftol * max(abs(loss), 1.0):
+            return Stop(True, "predicted decrease below ftol (Newton decrement)")
+        if not bool(out.accepted):
+            return None if state.retry else Stop(False, "line search failed to decrease the loss")
+        if self.target_loss is not None and new_loss <= self.target_loss:
+            return Stop(True, "target loss reached")
+        if loss - new_loss <= self.ftol * max(abs(new_loss), 1.0) and cg_converged:
+            return Stop(True, "relative loss change below ftol")
+        return None
+
+    def postprocess(self, state: GNState, stop: Stop) -> Outcome:
+        message, capped = stop.message, max(state.capped, default=0)
+        if capped > 0:
+            message += (f"; the time-marching preconditioner was approximate at up to {capped} of "
+                        f"{self.gn.n_field} space-time points, where rho (1 - 2u) dt > {REACTION_CAP} (a time step "
                         f"with rho dt <= {REACTION_CAP} makes it exact)")
-        report = Report(method="gauss-newton" if self.curvature == "gauss-newton" else "newton-krylov",
-                        converged=converged, message=message, iterations=it, loss=final,
-                        loss_terms=obj.parts(x), grad_norm=float(jnp.max(jnp.abs(g_final))), wall_time=wall,
-                        evaluations={"fun": n_fun, "grad": n_grad, "jvp": n_jvp, "vjp": n_vjp},
-                        history=np.asarray(history),
-                        extra={"cg_iterations": cg_its, "damping": mus, "preconditioner_capped": capped})
-        return x, report
+        products = sum(state.cg_iterations) + state.iterations
+        evaluations = {"fun": state.linesearch_evals, "grad": state.iterations + 2, "jvp": products, "vjp": products}
+        extra = {"cg_iterations": list(state.cg_iterations), "damping": list(state.damping_used),
+                 "preconditioner_capped": list(state.capped)}
+        return Outcome(state.x, self._gradient(state.x), message, evaluations, list(state.history), extra)
 
 
 def gauss_newton(obj: Objective, *, max_iter: int = 100, gtol: float = 1e-6, ftol: float | None = None,
-                 target_loss: float | None = None, fix_theta: bool = False, progress: bool = False, **options):
+                 target_loss: float | None = None, fix_theta: bool = False, progress: bool | ProgressMeter = False,
+                 **options):
     """Run Gauss-Newton-Krylov from ``obj.x0``; returns ``(x, Report)``. See the module docstring."""
     solver = GaussNewton(obj, **options)
     return solver.run(max_iter=max_iter, gtol=gtol, ftol=ftol, target_loss=target_loss, fix_theta=fix_theta,

@@ -47,7 +47,7 @@ import jax
 import jax.numpy as jnp
 
 from .. import stencil
-from ..terms import Squares
+from ..terms import squares_weight
 from .cg import truncated_cg
 
 REACTION_CAP = 1.8
@@ -99,8 +99,7 @@ def time_march(obj, x, inner_rtol: float):
     grid = post.grid
     u, theta, faces, reaction, dt = _linearised_reaction(obj, x)
     blocks = post.prior.blocks(u, theta)
-    w_pde = sum(b.weight for k, b in blocks.items() if k.startswith("pde/") and isinstance(b, Squares))
-    w_ic = sum(b.weight for k, b in blocks.items() if k.startswith("ic/") and isinstance(b, Squares))
+    w_pde, w_ic = squares_weight(blocks, "pde"), squares_weight(blocks, "ic")
     faces = tuple(f.astype(x.dtype) for f in faces)
     periodic = grid.periodic[1:]
     s = jnp.sqrt(2.0 * w_pde)

@@ -46,3 +46,10 @@ class MAPResult:
     theta: dict
     report: Report
 
+
+class MAPNotConverged(RuntimeError):
+    """``map_estimate`` stopped before a stopping rule was met; ``result`` is the ``MAPResult`` it reached."""
+
+    def __init__(self, message: str, result: MAPResult):
+        super().__init__(message)
+        self.result = result

@@ -17,6 +17,15 @@ import jax.numpy as jnp
 
 from ._coefficients import Coefficient, resolve
 
+SEED_MASS = 1500.0
+"""``M`` of GliODIL's initial tumour (Amoudruz et al. 2025, eq. 27-28): concentration x volume before clipping."""
+
+SEED_DT2 = 15.0
+"""``Dt^2`` (mm^2) of GliODIL's initial tumour (Amoudruz et al. 2025, eq. 28): its variance is ``2 Dt^2`` per axis."""
+
+SEED_CUTOFF = 0.1
+"""GliODIL's initial tumour is 0 where the Gaussian is at or below this value (Amoudruz et al. 2025, eq. 28)."""
+
 
 def _squared_distance(theta, grid, center: Sequence[Coefficient]):
     space = list(range(1, grid.ndim))
@@ -35,8 +44,8 @@ def gaussian_profile(theta, grid, center: Sequence[Coefficient], radius: Coeffic
     return jnp.exp(-_squared_distance(theta, grid, center) / (2.0 * r**2))
 
 
-def clipped_gaussian_profile(theta, grid, center: Sequence[Coefficient], mass: Coefficient = 1500.0,
-                             dt2: Coefficient = 15.0, cutoff: float = 0.1):
+def clipped_gaussian_profile(theta, grid, center: Sequence[Coefficient], mass: Coefficient = SEED_MASS,
+                             dt2: Coefficient = SEED_DT2, cutoff: float = SEED_CUTOFF):
     """GliODIL's initial condition (eq. 27-28): a Gaussian of mass ``M`` and variance ``2 Dt^2``, cut and clipped."""
     d = grid.ndim - 1
     m, s2 = resolve(mass, theta, grid), resolve(dt2, theta, grid)
@@ -53,8 +62,8 @@ def gaussian_bump(center: Sequence[Coefficient] = ("x0", "y0"), radius: Coeffici
     return residual
 
 
-def clipped_gaussian(center: Sequence[Coefficient] = ("x0", "y0", "z0"), mass: Coefficient = 1500.0,
-                     dt2: Coefficient = 15.0, cutoff: float = 0.1) -> Callable:
+def clipped_gaussian(center: Sequence[Coefficient] = ("x0", "y0", "z0"), mass: Coefficient = SEED_MASS,
+                     dt2: Coefficient = SEED_DT2, cutoff: float = SEED_CUTOFF) -> Callable:
     """IC residual ``u(0, x) - clip(u_0)`` with GliODIL's ``u_0`` (Amoudruz et al. 2025, eq. 27-28, M = 1500, Dt^2 = 15 mm^2)."""
 
     def residual(u, theta, grid):

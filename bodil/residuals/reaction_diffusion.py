@@ -19,6 +19,7 @@ from collections.abc import Callable
 import jax.numpy as jnp
 
 from .. import stencil
+from ..stencil import TISSUE_THRESHOLD
 from ._coefficients import Coefficient, resolve
 
 
@@ -36,13 +37,13 @@ class ReactionDiffusion:
         rho: reaction rate; number, parameter name or callable. Use ``0.0`` for pure diffusion.
         tissue: optional tissue fraction (white + grey matter) at the space points; faces touching a point
             with fraction below ``tissue_threshold`` carry no flux (no flux into CSF or background).
-        tissue_threshold: see ``tissue`` (GliODIL uses 0.1).
+        tissue_threshold: see ``tissue`` (default ``bodil.stencil.TISSUE_THRESHOLD``, GliODIL's 0.1).
         source: optional source ``s(t, x)`` on the whole space-time grid, averaged Crank-Nicolson style
             like the other terms (manufactured solutions, forcing).
     """
 
     def __init__(self, diffusivity: Coefficient = "D", rho: Coefficient = "rho", *,
-                 tissue: Coefficient | None = None, tissue_threshold: float = 0.1,
+                 tissue: Coefficient | None = None, tissue_threshold: float = TISSUE_THRESHOLD,
                  source: Coefficient | None = None):
         self.diffusivity, self.rho, self.tissue = diffusivity, rho, tissue
         self.tissue_threshold, self.source = tissue_threshold, source

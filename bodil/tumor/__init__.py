@@ -1,34 +1,40 @@
 """The brain-tumour (glioma) application: inputs, synthetic patients and, on top of the generic core, the
 GliODIL posterior (Amoudruz et al. 2025, sec. 3.4).
 
-* ``anatomy``: tissue fractions from NIfTI or the MNI152 atlas; cubic boxes (``Crop``) and resampling.
-* ``segmentation``: label conventions (BraTS 2021 / 2023 / custom) -> likelihood classes, checks.
+* ``anatomy``: tissue fractions from NIfTI or the MNI152 atlas; ``box``: cubic boxes (``Crop``) and resampling.
+* ``segmentation``: label conventions (BraTS 2021 / 2023 / custom) -> the tumour classes of the likelihood.
 * ``synthetic``: a Fisher-Kolmogorov tumour grown in an anatomy, with its segmentation and ground truth.
 * ``model``: the GliODIL posterior (eq. 26-32) on the box around the tumour.
-* ``ctv``: standard CTVs, equal-volume model CTVs, ensembles and their spread.
-* ``report``: the clinician report (PDF and HTML).
-* ``pipeline``: ``run_ctv``, from segmentation and tissue to the output folder (what ``bodil ctv`` runs).
+* ``ctv``: standard CTVs, equal-volume model CTVs, surface distances and overlap; ``ensemble``: the posterior
+  ensemble of model CTVs and its spread.
+* ``report``: the clinician report (PDF and HTML; ``report_content`` and ``report_pages`` hold its parts).
+* ``settings``: ``CTVSettings``; ``pipeline``: ``run_ctv``, from segmentation and tissue to the output folder
+  (what ``bodil ctv`` runs); ``checkpoint``: resuming an interrupted run.
 """
 
-from . import anatomy, ctv, model, pipeline, report, segmentation, synthetic
-from .anatomy import Anatomy, Crop, crop_around, load_tissue, load_tissue_labels, mni152, resample_isotropic
+from . import anatomy, box, ctv, ensemble, model, pipeline, report, segmentation, settings, synthetic
+from .anatomy import Anatomy, load_tissue, load_tissue_labels, mni152, resample_isotropic
+from .box import Crop, crop_around
 from .segmentation import (LABEL_CONVENTIONS, LabelConvention, Segmentation, classes_from_labels,
                            label_convention, load_segmentation, validate_segmentation)
 from .synthetic import SyntheticPatient, synthetic_patient, write_synthetic
-from .ctv import CTVEnsemble, MarginCTV, ctv_ensemble, model_ctv, standard_ctv
+from .ctv import model_ctv, standard_ctv
+from .ensemble import CTVEnsemble, MarginCTV, ctv_ensemble
 from .model import TumorModel, tumor_model
-from .pipeline import CTVRun, Settings, run_ctv
+from .settings import CTVSettings
+from .pipeline import CTVRun, run_ctv
 from .report import ReportContent, write_report
 
 __all__ = [
     "CTVEnsemble",
     "CTVRun",
+    "CTVSettings",
     "MarginCTV",
     "ReportContent",
-    "Settings",
     "TumorModel",
     "ctv",
     "ctv_ensemble",
+    "ensemble",
     "model",
     "model_ctv",
     "pipeline",
@@ -44,6 +50,7 @@ __all__ = [
     "Segmentation",
     "SyntheticPatient",
     "anatomy",
+    "box",
     "classes_from_labels",
     "crop_around",
     "label_convention",
@@ -53,6 +60,7 @@ __all__ = [
     "mni152",
     "resample_isotropic",
     "segmentation",
+    "settings",
     "synthetic",
     "synthetic_patient",
     "validate_segmentation",

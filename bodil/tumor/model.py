@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import time
 from typing import Any
 
 import jax
@@ -34,16 +35,17 @@ from numpyro import distributions as dist
 
 from ..forward.fk import solve_fk
 from ..grid import Grid
-from ..likelihood import CORE, EDEMA, IntervalHinge, ThreeClassSigmoid
+from ..likelihood import IntervalHinge, ThreeClassSigmoid
 from ..posterior import Posterior
 from ..prior import Params, PDEPrior, Uniform
 from ..residuals import clipped_gaussian, clipped_gaussian_profile, fisher_kpp
+from ..stencil import TISSUE_THRESHOLD
+from .segmentation import CORE, EDEMA, IGNORE
 
 PARAMETERS = ("Dw", "ratio", "rho", "x0", "y0", "z0", "tau_lo", "tau_up")
 ORIGIN = ("x0", "y0", "z0")
 UNITS = {"Dw": "mm^2/day", "Dg": "mm^2/day", "ratio": "", "rho": "1/day", "x0": "mm", "y0": "mm", "z0": "mm",
          "tau_lo": "", "tau_up": "", "T": "day"}
-TISSUE_THRESHOLD = 0.1
 
 
 def default_priors(origin_lower, origin_upper) -> dict[str, dist.Distribution]:
@@ -139,7 +141,7 @@ def tumor_model(wm, gm, classes, side_mm: float, *, nt: int = 32, t_final: float
     Args:
         wm, gm: white/grey-matter fractions on the ``n^3`` box points (``bodil.tumor.Crop.to_box``).
         classes: segmentation classes on the box (0 healthy, 1 edema, 2 core); points without tissue
-            (``c_w + c_g < 0.1``) are ignored by the likelihood.
+            (``c_w + c_g < TISSUE_THRESHOLD``, ``bodil.stencil``) are ignored by the likelihood.
         side_mm: side of the box in mm (spacing ``side_mm / n``).
         nt: time nodes on ``[0, t_final]`` (the paper: 128).
         t_final: imaging time ``T`` in days.
@@ -166,7 +168,7 @@ def tumor_model(wm, gm, classes, side_mm: float, *, nt: int = 32, t_final: float
     grid = Grid(shape=(nt, n, n, n), lower=0.0, upper=(t_final, side_mm, side_mm, side_mm),
                 names=("t", "x", "y", "z"), layout=("node", "cell", "cell", "cell"))
     tissue = wm + gm
-    classes = np.where(tissue >= TISSUE_THRESHOLD, classes, -1).astype(np.int8)
+    classes = np.where(tissue >= TISSUE_THRESHOLD, classes, IGNORE).astype(np.int8)
     visible = np.argwhere(classes >= EDEMA)
     h = side_mm / n
     lower, upper = (visible.min(axis=0) - 0.5) * h, (visible.max(axis=0) + 1.5) * h  # one point wider (cells)
@@ -250,3 +252,33 @@ def fit_forward(model: TumorModel, theta0: dict, *, max_evaluations: int = 300) 
                                            "initial_simplex": w0 + np.vstack([np.zeros(len(w0)), 0.3 * np.eye(len(w0))])})
     theta = params.constrain({k: jnp.asarray(v) for k, v in zip(names, res.x)})
     return {k: float(v) for k, v in theta.items()}
+
+
+class ForwardLikelihood:
+    """``theta -> (log p(D | u_FK(theta)(T), theta), u_FK(theta)(T))``: the mode approximation in the limit
+    ``lambda_PDE -> infinity``, with an explicit Fisher-Kolmogorov run as the field (or, given ``field``, the
+    neural surrogate's); counts its evaluations."""
+
+    def __init__(self, model, field=None):
+        self.model = model
+        self.field = field
+        self.evaluations, self.wall_time = 0, 0.0
+
+    def __call__(self, theta):
+        start = time.perf_counter()
+        full = self.model.posterior.params.merge({k: jnp.asarray(v) for k, v in theta.items()})
+        if self.field is None:
+            u_final = self.model.forward(full, dtype=jnp.float64)[-1]
+        else:
+            u_final = jnp.asarray(self.field(full), jnp.float64)
+        value = self.model.final_log_likelihood(u_final, full)
+        self.evaluations += 1
+        self.wall_time += time.perf_counter() - start
+        return value, np.asarray(u_final, np.float32)
+
+    def summary(self) -> dict:
+        """The method, the number of evaluations and their total wall time (the layout of
+        ``ModeApproximation.summary``; every evaluation counts as one converged inner solve)."""
+        method = "forward (lambda_PDE -> infinity)" if self.field is None else "neural surrogate (forward limit)"
+        return {"method": method, "evaluations": self.evaluations,
+                "inner_solves": self.evaluations, "unconverged": 0, "wall_time": self.wall_time}

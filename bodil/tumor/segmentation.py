@@ -1,8 +1,10 @@
 """Tumour segmentations: label conventions -> the classes of the likelihood.
 
-The likelihoods (``bodil.likelihood``) use one class per voxel: ``HEALTHY`` = 0, ``EDEMA`` = 1 (visible
-tumour outside the core, "glioma" in Amoudruz et al. 2025, eq. 31), ``CORE`` = 2 (necrotic and enhancing core) and
-``IGNORE`` = -1 (not observed). Segmentation files use integer labels whose meaning depends on the
+The tumour model observes one class per voxel: ``HEALTHY`` = 0, ``EDEMA`` = 1 (visible tumour outside the
+core, "glioma" in Amoudruz et al. 2025, eq. 31), ``CORE`` = 2 (necrotic and enhancing core) and ``IGNORE`` =
+-1 (not observed): the classes ``BELOW``, ``BETWEEN``, ``ABOVE`` and ``UNOBSERVED`` of the interval and
+three-class likelihoods (``bodil.likelihood``), the concentration lying below ``tau_lo``, between the
+thresholds or above ``tau_up``. Segmentation files use integer labels whose meaning depends on the
 convention, which is always explicit:
 
 * ``"brats2021"``: 0 healthy, 1 necrosis (core), 2 edema, 4 enhancing tumour (core);
@@ -19,7 +21,10 @@ from collections.abc import Mapping
 import numpy as np
 
 from ..io import InputError, load_nifti, voxel_spacing
-from ..likelihood import CORE, EDEMA, HEALTHY, IGNORE
+from ..likelihood import ABOVE, BELOW, BETWEEN, UNOBSERVED
+
+IGNORE, HEALTHY, EDEMA, CORE = UNOBSERVED, BELOW, BETWEEN, ABOVE
+"""The tumour classes of a voxel, as codes of ``bodil.likelihood``'s interval and three-class likelihoods."""
 
 CLASS_CODES = {"healthy": HEALTHY, "edema": EDEMA, "core": CORE, "ignore": IGNORE}
 """Class names accepted in custom label mappings and their likelihood codes."""

@@ -10,12 +10,10 @@ into the full volume. The segmentation thresholds the final concentration ``u`` 
     tau_edema <= u < tau_core    -> 2 edema
     otherwise                    -> 0
 
-Defaults (``Dw = 0.5 mm^2/day``, ``Dg = Dw / 10``, ``rho = 0.045 /day``, ``T = 100 days``; ``mu_D =
-sqrt(Dw T) = 7.1 mm``, ``mu_rho = sqrt(rho T) = 2.1``, inside the ranges seen in practice: ``mu_D`` up to
-about 32 mm, ``mu_rho`` up to about 10) give on MNI152 at 2 mm, from the default origin (-28, -20, 16) mm in
-the left hemisphere's white matter, a core of 6.4 cm^3 (1.5 cm^3 necrotic) and 26 cm^3 of edema.
-Thresholds: visible edema (FLAIR) 0.25, enhancing (T1c) 0.675, necrosis 0.8 (within the 0.70-0.85 range
-seen in practice).
+Defaults: ``Dw = 0.5 mm^2/day``, ``Dg = Dw / 10``, ``rho = 0.045 /day``, ``T = 100 days`` (``mu_D =
+sqrt(Dw T) = 7.1 mm``, ``mu_rho = sqrt(rho T) = 2.1``), the default origin (-28, -20, 16) mm in the left
+hemisphere's white matter of MNI152; thresholds: visible edema (FLAIR) 0.25, enhancing (T1c) 0.675,
+necrosis 0.8. The tumour they grow is described in docs/tumor.md.
 """
 
 from __future__ import annotations
@@ -29,13 +27,12 @@ from scipy import ndimage
 
 from ..forward.fk import fk_initial_condition, solve_fk
 from ..io import InputError, atomic_directory, save_nifti, write_json
+from ..residuals.initial import SEED_CUTOFF, SEED_DT2, SEED_MASS
+from ..stencil import TISSUE_THRESHOLD
 from .anatomy import Anatomy, Crop
 
 NECROSIS, EDEMA_LABEL, ENHANCING = 1, 2, 4
 """BraTS 2021 labels written by ``write_synthetic``."""
-
-TISSUE_THRESHOLD = 0.1
-"""Tissue fraction below which no tumour lives and no flux passes (GliODIL)."""
 
 
 @dataclasses.dataclass(eq=False)
@@ -98,8 +95,8 @@ def default_origin(anatomy: Anatomy) -> np.ndarray:
 
 def _tumour_radius(dw: float, rho: float, t_final: float, mass: float, dt2: float, cutoff: float) -> float:
     """A generous radius (mm) of the region where ``u`` is not negligible: initial radius + Fisher front
-    travel ``2 sqrt(Dw rho) T`` + one diffusion length ``sqrt(2 Dw T)`` + 4 mm (on MNI152 this exceeds the
-    radius of ``u >= 1e-3`` by 20-40%; ``synthetic_patient`` enlarges the box if it is not enough)."""
+    travel ``2 sqrt(Dw rho) T`` + one diffusion length ``sqrt(2 Dw T)`` + 4 mm (``synthetic_patient``
+    enlarges the box if it is not enough)."""
     peak = mass / (4.0 * math.pi * dt2) ** 1.5
     r0 = math.sqrt(4.0 * dt2 * math.log(peak / cutoff)) if peak > cutoff else 0.0
     return r0 + 2.0 * math.sqrt(dw * rho) * t_final + math.sqrt(2.0 * dw * t_final) + 4.0
@@ -119,7 +116,7 @@ def _box_around(anatomy: Anatomy, voxel: np.ndarray, side_mm: float) -> Crop:
 def synthetic_patient(anatomy: Anatomy, *, origin=None, dw: float = 0.5, dg: float | None = None,
                       rho: float = 0.045, t_final: float = 100.0, tau_edema: float = 0.25,
                       tau_core: float = 0.675, necrosis: float | None = 0.8, box_mm: float | None = None,
-                      mass: float = 1500.0, dt2: float = 15.0) -> SyntheticPatient:
+                      mass: float = SEED_MASS, dt2: float = SEED_DT2) -> SyntheticPatient:
     """Grow a Fisher-Kolmogorov tumour in ``anatomy`` and segment it (see the module docstring).
 
     Args:
@@ -162,7 +159,7 @@ def synthetic_patient(anatomy: Anatomy, *, origin=None, dw: float = 0.5, dg: flo
                          f"= {tissue[tuple(nearest)]:.3f} < {TISSUE_THRESHOLD}); choose a point in white or grey "
                          f"matter.")
 
-    side = 2.0 * _tumour_radius(dw, rho, t_final, mass, dt2, 0.1) if box_mm is None else float(box_mm)
+    side = 2.0 * _tumour_radius(dw, rho, t_final, mass, dt2, SEED_CUTOFF) if box_mm is None else float(box_mm)
     for attempt in range(4):
         crop = _box_around(anatomy, origin_voxel, side)
         wm_box, gm_box = crop.to_box(anatomy.wm), crop.to_box(anatomy.gm)

@@ -1,0 +1,301 @@
+"""Posterior ensembles of clinical target volumes: one model CTV per posterior sample and margin, their
+voxelwise probability, contours, boundary spread and overlap.
+
+A posterior gives ``S`` samples of ``u`` at the imaging time. ``ctv_ensemble`` streams them once and keeps,
+per margin ``m``, the voxelwise probability of inclusion ``P(x) = (1/S) sum_s 1[x in CTV_model^s(m)]``
+(model CTVs of the standard volume, ``bodil.tumor.ctv``), the probability contours ``P >= LEVELS``, the
+boundary spread (surface distances between pairs of sample CTVs and to the consensus ``P >= 0.5``) and the
+Dice overlap between samples. Only the masks of a bounded number of samples are held (packed bits), never
+``S`` full masks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from ._masks import as_mask, bounding_box, check_spacing, distance_to, finite, same_shape, surface, top_k
+from .ctv import core_distance, standard_ctv, voxel_volume_cm3
+
+LEVELS = (0.05, 0.5, 0.95)
+"""The probability contours of an ensemble: the outer envelope, the consensus and the confident core."""
+
+
+@dataclasses.dataclass(frozen=True)
+class MarginCTV:
+    """The CTV products of one margin.
+
+    Attributes:
+        margin_mm: the margin of the standard plan (mm).
+        standard: boolean standard CTV.
+        n_voxels: its volume in voxels (every model CTV has exactly this volume).
+        volume_cm3: its volume in cm^3.
+        thresholds: ``(S,)`` concentration threshold ``u*`` of each sample's model CTV.
+        probability: voxelwise probability of inclusion, ``P(x) = #{s : x in CTV_s} / S``.
+        p05: ``P >= 0.05``: the wide envelope, voxels in at least 5 % of the sample CTVs.
+        p50: ``P >= 0.5``: the consensus (median) CTV.
+        p95: ``P >= 0.95``: the confident core, voxels in at least 95 % of the sample CTVs.
+        pairs: ``(n_pairs, 2)`` sample indices of the compared pairs.
+        pair_mean_surface_mm: mean symmetric surface distance of each pair (mm).
+        pair_hausdorff95_mm: 95 % Hausdorff distance of each pair (mm).
+        pair_dice: Dice overlap of each pair.
+        spread_median_mm: median over pairs of ``pair_mean_surface_mm`` (the boundary spread).
+        spread_p95_mm: 95th percentile over pairs of ``pair_mean_surface_mm``.
+        dice_mean, dice_min: mean and minimum of ``pair_dice`` (1 when fewer than two samples).
+        kept_indices: the samples whose masks were kept for the pairwise statistics.
+        consensus_mean_surface_mm: mean symmetric surface distance (mm) of each kept sample's CTV to
+            ``p50`` (NaN when ``p50`` is empty).
+        map_mask, map_threshold: the model CTV of the MAP concentration, when one was given.
+    """
+
+    margin_mm: float
+    standard: np.ndarray
+    n_voxels: int
+    volume_cm3: float
+    thresholds: np.ndarray
+    probability: np.ndarray
+    p05: np.ndarray
+    p50: np.ndarray
+    p95: np.ndarray
+    pairs: np.ndarray
+    pair_mean_surface_mm: np.ndarray
+    pair_hausdorff95_mm: np.ndarray
+    pair_dice: np.ndarray
+    spread_median_mm: float
+    spread_p95_mm: float
+    dice_mean: float
+    dice_min: float
+    kept_indices: np.ndarray
+    consensus_mean_surface_mm: np.ndarray
+    map_mask: np.ndarray | None = None
+    map_threshold: float | None = None
+
+    def contour(self, level: float) -> np.ndarray:
+        """``probability >= level`` for any level in (0, 1]."""
+        if not 0 < level <= 1:
+            raise ValueError(f"MarginCTV.contour: level must lie in (0, 1], got {level}.")
+        return self.probability >= level - 1e-12
+
+
+@dataclasses.dataclass(frozen=True)
+class CTVEnsemble:
+    """CTV products for several margins (``ensemble[10]`` is the ``MarginCTV`` of the 10 mm margin)."""
+
+    margins_mm: tuple[float, ...]
+    margins: dict
+    num_samples: int
+    spacing: tuple[float, ...]
+    voxel_volume_cm3: float
+    region: np.ndarray
+
+    def __getitem__(self, margin_mm) -> MarginCTV:
+        try:
+            return self.margins[float(margin_mm)]
+        except KeyError:
+            raise KeyError(f"CTVEnsemble has margins {self.margins_mm} mm, not {margin_mm}.") from None
+
+    def table(self) -> list[dict]:
+        """One row per margin, in the layout of ``bodil.tumor.report.ReportContent.table``."""
+        rows = []
+        for m in self.margins_mm:
+            r = self.margins[m]
+            rows.append({"margin_mm": m, "standard_volume_cm3": r.volume_cm3,
+                         "model_volume_cm3": r.n_voxels * self.voxel_volume_cm3,
+                         "spread_median_mm": r.spread_median_mm, "spread_p95_mm": r.spread_p95_mm,
+                         "dice_mean": r.dice_mean, "dice_min": r.dice_min})
+        return rows
+
+
+def _n_kept_for(max_pairs: int) -> int:
+    """Smallest ``K`` with ``K (K - 1) / 2 >= max_pairs``."""
+    return max(2, math.ceil((1 + math.sqrt(1 + 8 * max_pairs)) / 2))
+
+
+def _pair_statistics(kept: list[np.ndarray], p50: np.ndarray, pairs_local: np.ndarray, spacing):
+    """Surface distances and Dice for the pairs of kept masks and of each kept mask to ``p50``.
+
+    One distance transform per mask (inside the bounding box of all of them), reused by every pair.
+    """
+    union = p50.copy()
+    for m in kept:
+        union |= m
+    box = bounding_box(union)
+    surfaces = [surface(m[box]) for m in kept]
+    sizes = [int(m.sum()) for m in kept]
+    n_pairs = len(pairs_local)
+    ab = [None] * n_pairs  # distances from surface of the first to the second
+    ba = [None] * n_pairs
+    involving = [[] for _ in kept]
+    for p, (i, j) in enumerate(pairs_local):
+        involving[i].append(p)
+        involving[j].append(p)
+    has_p50 = bool(p50.any())
+    if has_p50:
+        s50 = surface(p50[box])
+        d50 = distance_to(s50, spacing)
+    to_p50 = np.full(len(kept), np.nan)
+    for k, surf in enumerate(surfaces):
+        if not involving[k] and not has_p50:
+            continue
+        dk = distance_to(surf, spacing)
+        for p in involving[k]:
+            i, j = pairs_local[p]
+            if k == j:
+                ab[p] = dk[surfaces[i]]
+            else:
+                ba[p] = dk[surfaces[j]]
+        if has_p50:
+            to_p50[k] = float(np.mean(np.concatenate([d50[surf], dk[s50]])))
+    msd = np.array([np.mean(np.concatenate([ab[p], ba[p]])) for p in range(n_pairs)])
+    hd95 = np.array([np.percentile(np.concatenate([ab[p], ba[p]]), 95) for p in range(n_pairs)])
+    dsc = np.array([2.0 * np.count_nonzero(kept[i] & kept[j]) / (sizes[i] + sizes[j]) for i, j in pairs_local])
+    return msd, hd95, dsc, to_p50
+
+
+def ctv_ensemble(samples, core, brain, spacing, *, margins_mm: Sequence[float] = (10, 15, 20),
+                 map_concentration=None, max_pairs: int = 200, n_kept: int | None = None,
+                 seed: int = 0) -> CTVEnsemble:
+    """Model CTVs of every posterior sample, for each margin, with their spread and overlap.
+
+    For each margin ``m`` the standard CTV fixes the volume ``N_m``; each sample ``u_s`` gives the model CTV
+    of ``N_m`` voxels in ``brain | core`` (ties by distance to the core). The voxelwise probability
+    ``P_m(x) = #{s : x in CTV_m^s} / S`` is accumulated as counts while the samples stream by.
+
+    Pairwise statistics use the masks of ``n_kept`` samples chosen uniformly at random by reservoir
+    sampling (seeded, so an array and a generator of the same samples give the same result), and up to
+    ``max_pairs`` random pairs among them. Memory: three count vectors and ``n_kept`` packed masks per
+    margin, never ``S`` full masks.
+
+    Args:
+        samples: array ``(S, *shape)`` or an iterable of arrays of ``shape`` (the concentration at the
+            imaging time), so the caller can stream them.
+        core: boolean core mask (``shape``).
+        brain: boolean brain mask (``shape``).
+        spacing: voxel size in mm.
+        margins_mm: standard margins in mm.
+        map_concentration: optional MAP concentration; its model CTVs go to ``map_mask``.
+        max_pairs: the most sample pairs compared (surface distances and Dice).
+        n_kept: how many samples' masks to keep for the pairwise statistics and the distance to the
+            consensus; default the smallest number with at least ``max_pairs`` pairs (21 for 200).
+        seed: seed of the choice of kept samples and pairs.
+
+    Returns:
+        A ``CTVEnsemble``; ``ensemble[m]`` is the ``MarginCTV`` of margin ``m``.
+    """
+    name = "ctv_ensemble"
+    core = as_mask(name, "core", core)
+    brain = as_mask(name, "brain", brain)
+    shape = same_shape(name, core=core, brain=brain)
+    sp = check_spacing(name, spacing, core.ndim)
+    margins = tuple(float(m) for m in np.atleast_1d(np.asarray(margins_mm, dtype=float)))
+    if not margins or any(not (math.isfinite(m) and m >= 0) for m in margins):
+        raise ValueError(f"{name}: margins_mm must be finite non-negative lengths in mm, got {margins_mm}.")
+    if len(set(margins)) != len(margins):
+        raise ValueError(f"{name}: margins_mm has repeated values {margins_mm}.")
+    if int(max_pairs) < 1:
+        raise ValueError(f"{name}: max_pairs must be at least 1, got {max_pairs}.")
+    n_keep = _n_kept_for(int(max_pairs)) if n_kept is None else int(n_kept)
+    if n_keep < 2:
+        raise ValueError(f"{name}: n_kept must be at least 2 to compare samples, got {n_kept}.")
+
+    distance = core_distance(core, sp)
+    region = brain | core
+    region_idx = np.flatnonzero(region)
+    n_region = region_idx.size
+    tie = distance.ravel()[region_idx]
+    standards = {m: standard_ctv(core, brain, sp, m, distance=distance) for m in margins}
+    sizes = {m: int(standards[m].sum()) for m in margins}
+
+    def to_full(values, dtype=bool, fill=0):
+        out = np.full(int(np.prod(shape)), fill, dtype=dtype)
+        out[region_idx] = values
+        return out.reshape(shape)
+
+    rng = np.random.default_rng(seed)
+    counts = {m: np.zeros(n_region, dtype=np.uint16) for m in margins}
+    thresholds = {m: [] for m in margins}
+    kept_index: list[int] = []
+    kept_bits = {m: [] for m in margins}
+    chosen = np.zeros(n_region, dtype=bool)
+    s = -1
+    for s, sample in enumerate(samples):
+        u = finite(name, f"sample {s}", sample)
+        if u.shape != shape:
+            raise ValueError(f"{name}: sample {s} has shape {u.shape} but the masks have shape {shape}; "
+                             f"give the concentration on the mask grid.")
+        values = u.ravel()[region_idx]
+        slot = s if s < n_keep else int(rng.integers(0, s + 1))  # reservoir sampling (Algorithm R)
+        if slot < n_keep and s >= n_keep:
+            kept_index[slot] = s
+        elif slot < n_keep:
+            kept_index.append(s)
+        for m in margins:
+            idx, thr = top_k(values, sizes[m], tie)
+            thresholds[m].append(thr)
+            chosen[:] = False
+            chosen[idx] = True
+            c = counts[m]
+            if c.dtype == np.uint16 and s >= np.iinfo(np.uint16).max - 1:
+                c = counts[m] = c.astype(np.int64)
+            c += chosen
+            if slot < n_keep:
+                bits = np.packbits(chosen)
+                if s < n_keep:
+                    kept_bits[m].append(bits)
+                else:
+                    kept_bits[m][slot] = bits
+    num_samples = s + 1
+    if num_samples == 0:
+        raise ValueError(f"{name}: no samples were given.")
+
+    # pairs among the kept samples, in the order of their sample index
+    order = np.argsort(kept_index)
+    kept_sorted = np.asarray(kept_index)[order]
+    n_k = len(kept_sorted)
+    all_pairs = np.array([(i, j) for i in range(n_k) for j in range(i + 1, n_k)], dtype=np.intp).reshape(-1, 2)
+    if len(all_pairs) > max_pairs:
+        pick = np.sort(rng.choice(len(all_pairs), size=int(max_pairs), replace=False))
+        all_pairs = all_pairs[pick]
+
+    map_results = {}
+    if map_concentration is not None:
+        u = finite(name, "map_concentration", map_concentration)
+        if u.shape != shape:
+            raise ValueError(f"{name}: map_concentration has shape {u.shape} but the masks have shape {shape}.")
+        for m in margins:
+            idx, thr = top_k(u.ravel()[region_idx], sizes[m], tie)
+            chosen[:] = False
+            chosen[idx] = True
+            map_results[m] = (to_full(chosen), thr)
+
+    vvol = voxel_volume_cm3(sp)
+    results = {}
+    for m in margins:
+        prob = to_full(counts[m] / num_samples, dtype=float)
+        p05, p50, p95 = (prob >= level - 1e-12 for level in LEVELS)
+        kept = [to_full(np.unpackbits(kept_bits[m][o], count=n_region).astype(bool)) for o in order]
+        if len(all_pairs):
+            msd, hd95, dsc, to_p50 = _pair_statistics(kept, p50, all_pairs, sp)
+            spread_median, spread_p95 = float(np.median(msd)), float(np.percentile(msd, 95))
+            dice_mean, dice_min = float(np.mean(dsc)), float(np.min(dsc))
+        else:  # a single sample: nothing to compare
+            msd = hd95 = dsc = np.empty(0)
+            to_p50 = _pair_statistics(kept, p50, np.empty((0, 2), np.intp), sp)[3]
+            spread_median = spread_p95 = 0.0
+            dice_mean = dice_min = 1.0
+        map_mask, map_thr = map_results.get(m, (None, None))
+        results[m] = MarginCTV(
+            margin_mm=m, standard=standards[m], n_voxels=sizes[m], volume_cm3=sizes[m] * vvol,
+            thresholds=np.asarray(thresholds[m]), probability=prob, p05=p05, p50=p50, p95=p95,
+            pairs=kept_sorted[all_pairs] if len(all_pairs) else np.empty((0, 2), np.intp),
+            pair_mean_surface_mm=msd, pair_hausdorff95_mm=hd95, pair_dice=dsc,
+            spread_median_mm=spread_median, spread_p95_mm=spread_p95, dice_mean=dice_mean, dice_min=dice_min,
+            kept_indices=kept_sorted, consensus_mean_surface_mm=to_p50, map_mask=map_mask, map_threshold=map_thr)
+    return CTVEnsemble(margins_mm=margins, margins=results, num_samples=num_samples, spacing=sp,
+                       voxel_volume_cm3=vvol, region=region)
+
+
+__all__ = ["LEVELS", "CTVEnsemble", "MarginCTV", "ctv_ensemble"]

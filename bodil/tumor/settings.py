@@ -1,0 +1,132 @@
+"""``CTVSettings``: the numbers that define one run of the tumour pipeline (``bodil.tumor.run_ctv``), checked
+when they are made."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from .. import _checks
+from ..io import InputError
+from .model import ORIGIN
+
+INNER = ("forward", "odil", "surrogate")
+INITIALIZERS = ("forward", "surrogate")
+LIKELIHOODS = ("sigmoid", "interval")
+
+
+@dataclasses.dataclass(frozen=True)
+class CTVSettings:
+    """Numbers that define one run. Defaults are sized for a 2-core laptop (a few minutes);
+    ``CTVSettings.paper()`` gives the sizes of Amoudruz et al. 2025 (64^3 x 128 points, 512 samples: a GPU job).
+    Measurements behind the defaults are in docs/tumor.md.
+
+    Attributes:
+        grid: points per axis of the box (``n`` >= 8).
+        time_points: time nodes on ``[0, t_final]`` (>= 4).
+        num_samples: BASIS particles, the posterior samples (>= 4).
+        seed: integer seed of the sampler (and of the CTV ensemble's choice of compared samples).
+        t_final: time from tumour onset to imaging (days); only ``D T`` and ``rho T`` are identifiable.
+        margins_mm: standard CTV margins.
+        box_scale: box side over the tumour's largest extent.
+        map_parameters: parameters fitted by the MAP; the others stay at their fixed values
+            (``ratio = Dw / Dg = 10``, ``tau_lo = 0.25``, ``tau_up = 0.675``).
+        posterior_parameters: parameters sampled by BASIS (the rest fixed at the MAP); among the MAP
+            parameters and the origin.
+        likelihood: ``"sigmoid"`` (Amoudruz et al. 2025, eq. 36, smooth: the inner Newton solves converge) or
+            ``"interval"`` (eq. 30, the paper's hinge).
+        lambda_pde, lambda_ic, sigma: weights of eq. 32 and the likelihood width.
+        error_correlation_mm: the distance ``l`` (mm) over which the errors of the segmentation and of the
+            model are correlated. The posterior counts one independent observation per ``l^3`` instead of one
+            per voxel: BASIS samples ``p(theta) L(theta)^w`` with ``w = min(1, (h / l)^3)``, ``h`` the box
+            spacing (a tempered, or composite, likelihood), so its width does not depend on the box
+            resolution. ``None``: ``w = 1``, the likelihood of Amoudruz et al. 2025 as is.
+        beta, gamma, lmax: BASIS settings (Wu et al. 2018): proposal covariance ``beta^2`` times the particles'
+            weighted covariance, target coefficient of variation of the incremental weights, Metropolis steps
+            per sample. The paper's ``beta = 0.2, lmax = 1`` give an effective sample size of one or two per
+            run; ``beta = 0.7, lmax = 3`` is the cheapest setting measured whose estimates are usable
+            (``tests/test_smc.py`` tests them).
+        inner: how ``log p(theta | D)`` is evaluated for BASIS. ``"forward"``: the limit
+            ``lambda_PDE -> infinity`` of the mode approximation, where ``u*(theta)`` is the solution of the PDE
+            (an explicit Fisher-Kolmogorov run, ``bodil.forward.fk``) and
+            ``log p(theta | D) = log p(D | u_FK(theta)(T), theta) + log p(theta)``. ``"odil"``: the mode
+            approximation at finite ``lambda_PDE`` (eq. 12), an inner ODIL solve per evaluation (Gauss-Newton
+            with adaptive Levenberg-Marquardt damping; far slower than a forward run). ``"surrogate"``: as
+            ``"forward"`` with the neural surrogate (``bodil.forward.surrogate.pretrained()``, placed on the
+            patient by ``bodil.tumor.surrogate``) in place of the FK run.
+        initializer: how the MAP is started. ``"forward"``: Nelder-Mead on explicit FK runs; ``"surrogate"``:
+            L-BFGS-B through the neural surrogate with its exact gradient (Weidner et al. 2025). Either way ODIL
+            (joint Gauss-Newton) then polishes the MAP from the FK solution at that start.
+        inner_ftol: relative accuracy of each inner solve's log density.
+        inner_iterations: Gauss-Newton iterations of each inner solve. A solve stopped at the cap gives a
+            lower bound of the mode value (any field gives one); the summary counts them.
+        inner_cg_iterations: conjugate-gradient iterations per inner Gauss-Newton step.
+        map_iterations: Gauss-Newton iterations of the joint MAP polish after the forward fit.
+
+    Raises:
+        InputError: a size below its minimum, an unknown ``inner``, ``initializer`` or ``likelihood``, a
+            non-positive length or weight, or posterior parameters that the MAP does not fit.
+    """
+
+    grid: int = 24
+    time_points: int = 12
+    num_samples: int = 128
+    seed: int = 0
+    t_final: float = 100.0
+    margins_mm: tuple = (10.0, 15.0, 20.0)
+    box_scale: float = 1.5
+    map_parameters: tuple = ("Dw", "rho", "x0", "y0", "z0")
+    posterior_parameters: tuple = ORIGIN
+    likelihood: str = "sigmoid"
+    lambda_pde: float = 1e3
+    lambda_ic: float = 200.0
+    sigma: float = 0.05
+    error_correlation_mm: float | None = 15.0
+    beta: float = 0.7
+    gamma: float = 1.5
+    lmax: int = 3
+    inner: str = "forward"
+    initializer: str = "forward"
+    inner_ftol: float = 1e-6
+    inner_iterations: int = 6
+    inner_cg_iterations: int = 100
+    map_iterations: int = 10
+
+    @classmethod
+    def paper(cls, **overrides) -> "CTVSettings":
+        """The sizes of Amoudruz et al. 2025: 64^3 x 128, 512 samples."""
+        return cls(**{"grid": 64, "time_points": 128, "num_samples": 512, **overrides})
+
+    @property
+    def inner_damping(self) -> float:
+        """Starting Levenberg-Marquardt damping of the ODIL solves: a tenth of the largest curvature per voxel
+        of the data term, ``1 / (4 sigma^2)`` for both likelihoods' sigmoid (why damping: docs/tumor.md)."""
+        return 0.1 / (4.0 * self.sigma**2)
+
+    def __post_init__(self):
+        try:
+            self._check()
+        except (TypeError, ValueError) as err:
+            raise InputError(str(err)) from None
+
+    def _check(self) -> None:
+        where = "CTVSettings"
+        for name, low in (("grid", 8), ("time_points", 4), ("num_samples", 4), ("lmax", 1), ("inner_iterations", 1),
+                          ("inner_cg_iterations", 1), ("map_iterations", 0), ("seed", 0)):
+            object.__setattr__(self, name, _checks.integer(where, name, getattr(self, name), low))
+        _checks.choice(where, "inner", self.inner, INNER)
+        _checks.choice(where, "initializer", self.initializer, INITIALIZERS)
+        _checks.choice(where, "likelihood", self.likelihood, LIKELIHOODS)
+        for name in ("t_final", "box_scale", "sigma", "beta", "gamma", "inner_ftol"):
+            _checks.positive(where, name, getattr(self, name))
+        for name in ("lambda_pde", "lambda_ic"):
+            _checks.positive(where, name, getattr(self, name), allow_zero=True)
+        if self.error_correlation_mm is not None and not (isinstance(self.error_correlation_mm, (int, float))
+                                                          and self.error_correlation_mm > 0):
+            raise ValueError(f"{where}: error_correlation_mm must be a positive length in mm or None (no "
+                             f"tempering), got {self.error_correlation_mm!r}.")
+        if not set(self.posterior_parameters) <= set(self.map_parameters) | set(ORIGIN):
+            raise ValueError(f"{where}: posterior parameters {self.posterior_parameters} must be among the MAP "
+                             f"parameters {self.map_parameters} or the origin {ORIGIN}.")
+
+
+__all__ = ["CTVSettings"]
