@@ -11,8 +11,9 @@ from .grid import Grid, LinearInterpolator
 from . import inference
 from .inference import Laplace, ModeApproximation, basis, hmc, laplace, smc, tmcmc
 from .inference.hmc import HMCSettings
+from .inference.smc import SMCSettings
 from .likelihood import Bernoulli, Gaussian, IntervalHinge, ThreeClassSigmoid
-from .optimize import MAPResult, Report, map_estimate
+from .optimize import MAPNotConverged, MAPResult, Report, map_estimate
 from .posterior import Posterior
 from .prior import LogNormal, Normal, Params, PDEPrior, Uniform
 
@@ -20,6 +21,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "HMCSettings",
+    "SMCSettings",
     "Laplace",
     "ModeApproximation",
     "basis",
@@ -34,6 +36,7 @@ __all__ = [
     "IntervalHinge",
     "LinearInterpolator",
     "LogNormal",
+    "MAPNotConverged",
     "MAPResult",
     "Normal",
     "PDEPrior",

@@ -190,6 +190,35 @@ def ctv_ensemble(samples, core, brain, spacing, *, margins_mm: Sequence[float] =
     brain = as_mask(name, "brain", brain)
     shape = same_shape(name, core=core, brain=brain)
     sp = check_spacing(name, spacing, core.ndim)
+    margins, n_keep = _check_margins_and_pairs(name, margins_mm, max_pairs, n_kept)
+    distance = core_distance(core, sp)
+    standards = {m: standard_ctv(core, brain, sp, m, distance=distance) for m in margins}
+    rng = np.random.default_rng(seed)
+    stream = _ModelCTVStream(brain | core, distance, {m: int(standards[m].sum()) for m in margins}, n_keep, rng)
+    for s, sample in enumerate(samples):
+        u = finite(name, f"sample {s}", sample)
+        if u.shape != shape:
+            raise ValueError(f"{name}: sample {s} has shape {u.shape} but the masks have shape {shape}; "
+                             f"give the concentration on the mask grid.")
+        stream.add(s, u)
+    if stream.num_samples == 0:
+        raise ValueError(f"{name}: no samples were given.")
+    order, kept_sorted, pairs = stream.pairs(int(max_pairs))
+    map_results = {}
+    if map_concentration is not None:
+        u = finite(name, "map_concentration", map_concentration)
+        if u.shape != shape:
+            raise ValueError(f"{name}: map_concentration has shape {u.shape} but the masks have shape {shape}.")
+        map_results = {m: stream.model_ctv(u, m) for m in margins}
+    vvol = voxel_volume_cm3(sp)
+    results = {m: _margin_result(stream, m, standards[m], order, kept_sorted, pairs, sp, vvol,
+                                 map_results.get(m, (None, None))) for m in margins}
+    return CTVEnsemble(margins_mm=margins, margins=results, num_samples=stream.num_samples, spacing=sp,
+                       voxel_volume_cm3=vvol, region=stream.region)
+
+
+def _check_margins_and_pairs(name, margins_mm, max_pairs, n_kept) -> tuple[tuple[float, ...], int]:
+    """The margins as floats (finite, non-negative, distinct) and the number of kept samples (>= 2)."""
     margins = tuple(float(m) for m in np.atleast_1d(np.asarray(margins_mm, dtype=float)))
     if not margins or any(not (math.isfinite(m) and m >= 0) for m in margins):
         raise ValueError(f"{name}: margins_mm must be finite non-negative lengths in mm, got {margins_mm}.")
@@ -200,102 +229,105 @@ def ctv_ensemble(samples, core, brain, spacing, *, margins_mm: Sequence[float] =
     n_keep = _n_kept_for(int(max_pairs)) if n_kept is None else int(n_kept)
     if n_keep < 2:
         raise ValueError(f"{name}: n_kept must be at least 2 to compare samples, got {n_kept}.")
+    return margins, n_keep
 
-    distance = core_distance(core, sp)
-    region = brain | core
-    region_idx = np.flatnonzero(region)
-    n_region = region_idx.size
-    tie = distance.ravel()[region_idx]
-    standards = {m: standard_ctv(core, brain, sp, m, distance=distance) for m in margins}
-    sizes = {m: int(standards[m].sum()) for m in margins}
 
-    def to_full(values, dtype=bool, fill=0):
-        out = np.full(int(np.prod(shape)), fill, dtype=dtype)
-        out[region_idx] = values
-        return out.reshape(shape)
+class _ModelCTVStream:
+    """Model CTVs of samples as they stream by: per margin, the count of samples whose CTV holds each voxel
+    of ``region``, each sample's threshold, and the packed masks of ``n_keep`` samples chosen uniformly by
+    reservoir sampling (Algorithm R, drawing from ``rng``)."""
 
-    rng = np.random.default_rng(seed)
-    counts = {m: np.zeros(n_region, dtype=np.uint16) for m in margins}
-    thresholds = {m: [] for m in margins}
-    kept_index: list[int] = []
-    kept_bits = {m: [] for m in margins}
-    chosen = np.zeros(n_region, dtype=bool)
-    s = -1
-    for s, sample in enumerate(samples):
-        u = finite(name, f"sample {s}", sample)
-        if u.shape != shape:
-            raise ValueError(f"{name}: sample {s} has shape {u.shape} but the masks have shape {shape}; "
-                             f"give the concentration on the mask grid.")
-        values = u.ravel()[region_idx]
-        slot = s if s < n_keep else int(rng.integers(0, s + 1))  # reservoir sampling (Algorithm R)
+    def __init__(self, region, distance, sizes: dict, n_keep: int, rng):
+        self.region, self.sizes, self.n_keep, self.rng = region, sizes, n_keep, rng
+        self.region_idx = np.flatnonzero(region)
+        self.n_region = self.region_idx.size
+        self.tie = distance.ravel()[self.region_idx]
+        self.counts = {m: np.zeros(self.n_region, dtype=np.uint16) for m in sizes}
+        self.thresholds = {m: [] for m in sizes}
+        self.kept_index: list[int] = []
+        self.kept_bits = {m: [] for m in sizes}
+        self.num_samples = 0
+        self._chosen = np.zeros(self.n_region, dtype=bool)
+
+    def to_full(self, values, dtype=bool):
+        out = np.zeros(self.region.size, dtype=dtype)
+        out[self.region_idx] = values
+        return out.reshape(self.region.shape)
+
+    def _select(self, values, margin) -> float:
+        """Mark the model CTV of ``margin`` in ``self._chosen``; return its threshold."""
+        idx, thr = top_k(values, self.sizes[margin], self.tie)
+        self._chosen[:] = False
+        self._chosen[idx] = True
+        return thr
+
+    def model_ctv(self, u, margin) -> tuple[np.ndarray, float]:
+        """The model CTV mask of ``margin`` for the concentration ``u`` and its threshold."""
+        thr = self._select(u.ravel()[self.region_idx], margin)
+        return self.to_full(self._chosen), thr
+
+    def add(self, s: int, u) -> None:
+        """Count sample ``s`` (the ``s``-th of the stream, from 0)."""
+        values = u.ravel()[self.region_idx]
+        n_keep = self.n_keep
+        slot = s if s < n_keep else int(self.rng.integers(0, s + 1))
         if slot < n_keep and s >= n_keep:
-            kept_index[slot] = s
+            self.kept_index[slot] = s
         elif slot < n_keep:
-            kept_index.append(s)
-        for m in margins:
-            idx, thr = top_k(values, sizes[m], tie)
-            thresholds[m].append(thr)
-            chosen[:] = False
-            chosen[idx] = True
-            c = counts[m]
+            self.kept_index.append(s)
+        for m in self.sizes:
+            self.thresholds[m].append(self._select(values, m))
+            c = self.counts[m]
             if c.dtype == np.uint16 and s >= np.iinfo(np.uint16).max - 1:
-                c = counts[m] = c.astype(np.int64)
-            c += chosen
+                c = self.counts[m] = c.astype(np.int64)
+            c += self._chosen
             if slot < n_keep:
-                bits = np.packbits(chosen)
+                bits = np.packbits(self._chosen)
                 if s < n_keep:
-                    kept_bits[m].append(bits)
+                    self.kept_bits[m].append(bits)
                 else:
-                    kept_bits[m][slot] = bits
-    num_samples = s + 1
-    if num_samples == 0:
-        raise ValueError(f"{name}: no samples were given.")
+                    self.kept_bits[m][slot] = bits
+        self.num_samples = s + 1
 
-    # pairs among the kept samples, in the order of their sample index
-    order = np.argsort(kept_index)
-    kept_sorted = np.asarray(kept_index)[order]
-    n_k = len(kept_sorted)
-    all_pairs = np.array([(i, j) for i in range(n_k) for j in range(i + 1, n_k)], dtype=np.intp).reshape(-1, 2)
-    if len(all_pairs) > max_pairs:
-        pick = np.sort(rng.choice(len(all_pairs), size=int(max_pairs), replace=False))
-        all_pairs = all_pairs[pick]
+    def pairs(self, max_pairs: int):
+        """The kept samples in the order of their index and up to ``max_pairs`` random pairs among them."""
+        order = np.argsort(self.kept_index)
+        kept_sorted = np.asarray(self.kept_index)[order]
+        n_k = len(kept_sorted)
+        pairs = np.array([(i, j) for i in range(n_k) for j in range(i + 1, n_k)], dtype=np.intp).reshape(-1, 2)
+        if len(pairs) > max_pairs:
+            pick = np.sort(self.rng.choice(len(pairs), size=max_pairs, replace=False))
+            pairs = pairs[pick]
+        return order, kept_sorted, pairs
 
-    map_results = {}
-    if map_concentration is not None:
-        u = finite(name, "map_concentration", map_concentration)
-        if u.shape != shape:
-            raise ValueError(f"{name}: map_concentration has shape {u.shape} but the masks have shape {shape}.")
-        for m in margins:
-            idx, thr = top_k(u.ravel()[region_idx], sizes[m], tie)
-            chosen[:] = False
-            chosen[idx] = True
-            map_results[m] = (to_full(chosen), thr)
+    def kept_masks(self, margin, order) -> list[np.ndarray]:
+        return [self.to_full(np.unpackbits(self.kept_bits[margin][o], count=self.n_region).astype(bool))
+                for o in order]
 
-    vvol = voxel_volume_cm3(sp)
-    results = {}
-    for m in margins:
-        prob = to_full(counts[m] / num_samples, dtype=float)
-        p05, p50, p95 = (prob >= level - 1e-12 for level in LEVELS)
-        kept = [to_full(np.unpackbits(kept_bits[m][o], count=n_region).astype(bool)) for o in order]
-        if len(all_pairs):
-            msd, hd95, dsc, to_p50 = _pair_statistics(kept, p50, all_pairs, sp)
-            spread_median, spread_p95 = float(np.median(msd)), float(np.percentile(msd, 95))
-            dice_mean, dice_min = float(np.mean(dsc)), float(np.min(dsc))
-        else:  # a single sample: nothing to compare
-            msd = hd95 = dsc = np.empty(0)
-            to_p50 = _pair_statistics(kept, p50, np.empty((0, 2), np.intp), sp)[3]
-            spread_median = spread_p95 = 0.0
-            dice_mean = dice_min = 1.0
-        map_mask, map_thr = map_results.get(m, (None, None))
-        results[m] = MarginCTV(
-            margin_mm=m, standard=standards[m], n_voxels=sizes[m], volume_cm3=sizes[m] * vvol,
-            thresholds=np.asarray(thresholds[m]), probability=prob, p05=p05, p50=p50, p95=p95,
-            pairs=kept_sorted[all_pairs] if len(all_pairs) else np.empty((0, 2), np.intp),
-            pair_mean_surface_mm=msd, pair_hausdorff95_mm=hd95, pair_dice=dsc,
-            spread_median_mm=spread_median, spread_p95_mm=spread_p95, dice_mean=dice_mean, dice_min=dice_min,
-            kept_indices=kept_sorted, consensus_mean_surface_mm=to_p50, map_mask=map_mask, map_threshold=map_thr)
-    return CTVEnsemble(margins_mm=margins, margins=results, num_samples=num_samples, spacing=sp,
-                       voxel_volume_cm3=vvol, region=region)
+
+def _margin_result(stream: _ModelCTVStream, m, standard, order, kept_sorted, pairs, sp, vvol, map_ctv):
+    """The ``MarginCTV`` of margin ``m``: probability map, credible regions and the pairwise statistics."""
+    prob = stream.to_full(stream.counts[m] / stream.num_samples, dtype=float)
+    p05, p50, p95 = (prob >= level - 1e-12 for level in LEVELS)
+    kept = stream.kept_masks(m, order)
+    if len(pairs):
+        msd, hd95, dsc, to_p50 = _pair_statistics(kept, p50, pairs, sp)
+        spread_median, spread_p95 = float(np.median(msd)), float(np.percentile(msd, 95))
+        dice_mean, dice_min = float(np.mean(dsc)), float(np.min(dsc))
+    else:  # a single sample: nothing to compare
+        msd = hd95 = dsc = np.empty(0)
+        to_p50 = _pair_statistics(kept, p50, np.empty((0, 2), np.intp), sp)[3]
+        spread_median = spread_p95 = 0.0
+        dice_mean = dice_min = 1.0
+    map_mask, map_thr = map_ctv
+    size = stream.sizes[m]
+    return MarginCTV(
+        margin_mm=m, standard=standard, n_voxels=size, volume_cm3=size * vvol,
+        thresholds=np.asarray(stream.thresholds[m]), probability=prob, p05=p05, p50=p50, p95=p95,
+        pairs=kept_sorted[pairs] if len(pairs) else np.empty((0, 2), np.intp),
+        pair_mean_surface_mm=msd, pair_hausdorff95_mm=hd95, pair_dice=dsc,
+        spread_median_mm=spread_median, spread_p95_mm=spread_p95, dice_mean=dice_mean, dice_min=dice_min,
+        kept_indices=kept_sorted, consensus_mean_surface_mm=to_p50, map_mask=map_mask, map_threshold=map_thr)
 
 
 __all__ = ["LEVELS", "CTVEnsemble", "MarginCTV", "ctv_ensemble"]

@@ -16,15 +16,14 @@ when it starts:
    counting one independent observation per ``(15 mm)^3`` rather than per voxel
    (``CTVSettings.error_correlation_mm``); each sample keeps its concentration at the imaging time;
 5. CTVs: for each margin (10, 15, 20 mm) the standard plan and every sample's model CTV of equal volume,
-   on the input grid (``bodil.tumor.ctv``, ``bodil.tumor.ensemble``);
-6. files: NIfTI maps, ``posterior.nc`` (InferenceData), ``summary.json`` and the report (PDF, HTML), all
-   written into a temporary folder that replaces ``out`` only when everything is complete.
+   on the input grid (``bodil.tumor.ctv``, ``bodil.tumor.ensemble``, streamed by ``bodil.tumor.products``);
+6. files (``bodil.tumor.products``): NIfTI maps, ``posterior.nc`` (InferenceData), ``summary.json`` and the
+   report (PDF, HTML), all written into a temporary folder that replaces ``out`` only when everything is complete.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import logging
 import os
 import shutil
@@ -35,13 +34,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..io import InputError, Volume, atomic_directory, check_same_grid, remove_stale_temporaries, save_nifti, write_json
-from ..progress import ProgressMeter, as_meter
+from ..io import InputError, Volume, atomic_directory, check_same_grid, remove_stale_temporaries, write_json
+from ..progress import ProgressMeter
 from .anatomy import Anatomy, crop_around
 from .checkpoint import check_checkpoint, fingerprint
-from .ensemble import ctv_ensemble
-from .model import ORIGIN, UNITS, ForwardLikelihood, fit_forward, initial_guess, tumor_model
-from .report import ReportContent, write_report
+from .model import ForwardLikelihood, fit_forward, initial_guess, tumor_model
+from .products import posterior_ctvs, report_content, summarise, write_products
+from .report import write_report
 from .segmentation import Segmentation, load_segmentation
 from .settings import CTVSettings
 
@@ -62,32 +61,6 @@ def _x64():
     if enable is None:  # older jax
         from jax.experimental import enable_x64 as enable
     return enable(True)
-
-
-def _versions() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for pkg in ("bodil", "jax", "numpyro", "nibabel", "numpy", "scipy"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            out[pkg] = "unknown"
-    return out
-
-
-def _quantiles(x) -> dict:
-    x = np.asarray(x, float)
-    return {"mean": float(x.mean()), "sd": float(x.std()), "q05": float(np.quantile(x, 0.05)),
-            "q50": float(np.quantile(x, 0.5)), "q95": float(np.quantile(x, 0.95))}
-
-
-def _final_particles_converged(idata) -> float:
-    """Fraction of the final particles whose inner solve converged (each particle carries its flag; 1 where
-    the evaluations have no inner solve)."""
-    if "converged" not in idata.sample_stats:
-        return 1.0
-    return float(np.mean(idata.sample_stats["converged"].values))
 
 
 def run_ctv(segmentation: Segmentation | str, anatomy: Anatomy, out, *, labels="brats2021",
@@ -256,124 +229,14 @@ def sample_posterior(mf: MapFit, s: CTVSettings, progress: bool | ProgressMeter 
 
 def _run(seg: Segmentation, anatomy: Anatomy, tmp: str, s: CTVSettings, patient_id: str, truth, inputs,
          progress: bool | ProgressMeter, checkpoint: str | None = None, resume: bool = False) -> dict:
+    """The stages after the inputs: MAP, posterior, CTVs, files; returns ``{"files", "summary"}``."""
     mf = fit_map(seg, anatomy, s, progress)
-    crop, model, fit, theta_map, sbox = mf.crop, mf.model, mf.fit, mf.theta, mf.surrogate_box
     idata, mode = sample_posterior(mf, s, progress, checkpoint, resume)
-    inner = mode.summary()
-    fields = np.asarray(idata.posterior["field"].values).reshape((-1,) + crop.shape)
-    origin_box = np.stack([np.asarray(idata.posterior[c].values).ravel() if c in s.posterior_parameters
-                           else np.full(fields.shape[0], theta_map[c]) for c in ORIGIN], axis=1)
-    origin_world = crop.box_to_world(origin_box)
-    map_origin_world = crop.box_to_world(np.array([theta_map[c] for c in ORIGIN]))
-
-    # ---------------------------------------------------------------- CTVs on the input grid
     log.info("CTVs: standard margins and equal-volume model CTVs of every sample")
-    u_map = crop.to_input(np.asarray(fit.u[-1]))
-    mean = np.zeros(seg.shape)
-    sq = np.zeros(seg.shape)
-
-    def stream():
-        for f in as_meter(progress).track(fields, "CTV ensemble"):
-            v = np.clip(crop.to_input(f), 0.0, 1.0)
-            mean[...] += v
-            sq[...] += v * v
-            yield v
-
-    brain = anatomy.brain | seg.tumor
-    ens = ctv_ensemble(stream(), seg.core, brain, anatomy.spacing, margins_mm=s.margins_mm,
-                       map_concentration=u_map, seed=s.seed)
-    n = fields.shape[0]
-    mean /= n
-    std = np.sqrt(np.maximum(sq / n - mean**2, 0.0))
-
-    # ---------------------------------------------------------------- files
+    ctvs = posterior_ctvs(seg, anatomy, s, mf, idata, progress)
     log.info("writing NIfTI, posterior.nc, summary.json and the report")
-    a = seg.affine
-    files = {}
-
-    def nifti(name, data, dtype=np.float32):
-        files[name] = save_nifti(os.path.join(tmp, f"{name}.nii.gz"), data, a, dtype=dtype)
-
-    nifti("map_concentration", u_map)
-    nifti("posterior_mean", mean)
-    nifti("posterior_std", std)
-    for m in s.margins_mm:
-        tag = f"{m:g}mm"
-        nifti(f"ctv_probability_{tag}", ens[m].probability)
-        nifti(f"ctv_standard_{tag}", ens[m].standard, np.uint8)
-        nifti(f"ctv_model_map_{tag}", ens[m].map_mask, np.uint8)
-    idata.posterior["x_world"] = (("chain", "draw"), origin_world[:, 0].reshape(1, -1))
-    idata.posterior["y_world"] = (("chain", "draw"), origin_world[:, 1].reshape(1, -1))
-    idata.posterior["z_world"] = (("chain", "draw"), origin_world[:, 2].reshape(1, -1))
-    idata.attrs["box_affine"] = np.asarray(crop.affine).ravel().tolist()
-    idata.attrs["note"] = ("field = concentration at the imaging time on the box grid (affine box_affine); "
-                           "x0, y0, z0 in mm of the box frame, x/y/z_world in world (scanner) mm")
-    files["posterior"] = os.path.join(tmp, "posterior.nc")
-    idata.to_netcdf(files["posterior"])
-
-    voxel_cm3 = float(np.prod(anatomy.spacing)) / 1e3
-    params = []
-    for name in model.posterior.params.priors:
-        row = {"name": name, "unit": UNITS.get(name, ""), "map": theta_map[name]}
-        if name in ORIGIN:
-            axis = ORIGIN.index(name)
-            q = _quantiles(origin_world[:, axis])
-            row = {"name": f"{'xyz'[axis]} (world)", "unit": "mm", "map": float(map_origin_world[axis]),
-                   "mean": q["mean"], "q05": q["q05"], "q95": q["q95"]}
-        params.append(row)
-    summary = {
-        "patient_id": patient_id,
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "versions": _versions(),
-        "inputs": inputs,
-        "label_convention": seg.convention.name,
-        "settings": dataclasses.asdict(s),
-        "box": {"side_mm": crop.side_mm, "spacing_mm": crop.spacing_mm, "affine": np.asarray(crop.affine).tolist()},
-        "volumes_cm3": {"core": float(seg.core.sum() * voxel_cm3), "edema": float(seg.edema.sum() * voxel_cm3)},
-        "map": {"theta": theta_map, "origin_world_mm": map_origin_world.tolist(),
-                "converged": bool(fit.report.converged), "message": fit.report.message,
-                "loss": float(fit.report.loss), "wall_time_s": float(fit.report.wall_time)},
-        "posterior": {
-            "parameters": list(s.posterior_parameters),
-            "origin_world_mm": {c: _quantiles(origin_world[:, i]) for i, c in enumerate("xyz")},
-            "origin_spread_mm": float(np.sqrt(np.trace(np.cov(origin_world.T)))),
-            "likelihood_weight": float(idata.attrs["likelihood_weight"]),
-            "log_evidence": float(idata.attrs.get("log_evidence", np.nan)),  # of the tempered likelihood
-            "inner_solves": inner,
-        },
-        "ctv": ens.table(),
-        "truth": truth or {},
-    }
-    notes = []
-    if not fit.report.converged:
-        notes.append(f"The MAP solve did not reach its tolerance ({fit.report.message}); results may be off.")
-    final = _final_particles_converged(idata)
-    summary["posterior"]["final_samples_converged"] = final
-    if final < 1.0:
-        notes.append(f"{100 * (1 - final):.0f}% of the final samples come from inner solves that stopped at the "
-                     f"iteration cap ({s.inner_iterations}); raise CTVSettings.inner_iterations.")
-    if sbox is not None:
-        in_range = sbox.in_range(theta_map)
-        summary["surrogate"] = {"crop_side_mm": sbox.crop.side_mm, "spacing_mm": sbox.surrogate.spacing_mm,
-                                "theta_map": [float(v) for v in sbox.surrogate_theta(theta_map)],
-                                "in_training_range": in_range, "weights": sbox.surrogate.info.get("dataset", {})}
-        if not in_range:
-            notes.append("The MAP lies outside the neural surrogate's training ranges; its predictions there are "
-                         "extrapolations. Prefer inner='forward'.")
-    summary["notes"] = notes
-    run = {"grid": f"{s.grid}^3 x {s.time_points} (box side {crop.side_mm:.1f} mm, {crop.spacing_mm:.2f} mm)",
-           "samples": s.num_samples, "seed": s.seed, "labels": seg.convention.name, "T (days)": s.t_final,
-           "likelihood": s.likelihood,
-           "likelihood weight": (f"{idata.attrs['likelihood_weight']:.3g} (errors correlated over "
-                                 f"{s.error_correlation_mm:g} mm)" if s.error_correlation_mm else "1 (untempered)"),
-           **{f"input {k}": v for k, v in inputs.items()},
-           "created": summary["created"], "bodil": summary["versions"]["bodil"], "jax": summary["versions"]["jax"]}
-    origin_truth = None
-    if truth and "origin_world" in truth:
-        origin_truth = np.asarray(truth["origin_world"], float)
-    content = ReportContent.from_ensemble(
-        ens, patient_id=patient_id, run=run, tissue=anatomy.tissue, classes=seg.classes, affine=a,
-        origin_samples=origin_world, parameters=params, notes=notes, origin_truth=origin_truth,
-        origin_map=map_origin_world)
+    files = write_products(tmp, seg, s, mf, idata, ctvs)
+    summary = summarise(seg, anatomy, s, mf, idata, ctvs, mode.summary(), patient_id, inputs, truth)
+    content = report_content(seg, anatomy, s, mf, idata, ctvs, summary, patient_id, inputs, truth)
     files["report_pdf"], files["report_html"] = write_report(content, tmp)
     return {"files": files, "summary": summary}
