@@ -70,7 +70,7 @@ def test_nuts_matches_the_closed_form_linear_gaussian_posterior(backend):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_static_hmc_without_adaptation_samples_a_known_gaussian(backend):
-    """Seed 003's kind of run (static HMC, fixed step, identity mass, no warmup) on a known target:
+    """Amoudruz et al.'s (2025) kind of run (static HMC, fixed step, identity mass, no warmup) on a known target:
     mean and variance of three scalars, K = 6 comparisons per backend at family-wise false alarm 1e-4.
 
     The path length eps L = 2 turns the unit-frequency modes by about 2 rad per proposal: static HMC with a
@@ -142,7 +142,7 @@ def test_oscillator_with_seed_003_settings():
     """Static HMC, 10 leapfrog steps, identity mass, no adaptation (Amoudruz et al. 2025, sec. 3.1), started at the
     truth instead of the MAP to spare a MAP solve (its PDE residuals are O(dt^2), its potential near the MAP's).
 
-    Seed 003 reports acceptance about 0.65 at step 0.008. With bodil's ``L_PDE`` (mean over the 64 residual
+    Amoudruz et al. (2025) reports acceptance about 0.65 at step 0.008. With bodil's ``L_PDE`` (mean over the 64 residual
     pairs of eq. 15) the stiffest mode has curvature about 5.15e4, so 0.008 sits just inside the leapfrog
     stability limit 2 / sqrt(5.15e4) = 0.0088 and almost nothing is accepted; half the step gives the
     reported acceptance (0.66 for a Gaussian with this Hessian)."""

@@ -56,7 +56,7 @@ def test_levenberg_marquardt_damping_falls_away_and_lands_on_the_least_squares_s
 
 
 def test_diffusion_map_with_unknown_initial_state_is_the_least_squares_solution():
-    """Seed 003 sec. 3.2: quadratic in u, no initial-condition block; the preconditioner's stand-in row
+    """Amoudruz et al. 2025, sec. 3.2: quadratic in u, no initial-condition block; the preconditioner's stand-in row
     must not change the answer, only the speed."""
     problem = diffusion_1d(dtype=jnp.float64)
     exact = dense_least_squares(problem)
@@ -235,7 +235,7 @@ def test_gauss_newton_with_the_capped_preconditioner_converges_and_says_so():
 
 
 def test_reaction_diffusion_map_recovers_the_initial_position():
-    """Seed 003 sec. 3.3, case 1, sigma = 0.05, on 24 x 24 x 49 (the paper: 64 x 64 x 129, eighteen times the
+    """Amoudruz et al. 2025, sec. 3.3, case 1, sigma = 0.05, on 24 x 24 x 49 (the paper: 64 x 64 x 129, eighteen times the
     unknowns and minutes here); start at the centre of the 1-pixels (0.74 grid spacings from the truth)."""
     problem = reaction_diffusion_2d(case=1, sigma=0.05, n=24, nt=49, dtype=jnp.float64)
     truth = np.array([2 / 3, 1 / 3])
@@ -248,3 +248,15 @@ def test_reaction_diffusion_map_recovers_the_initial_position():
     assert np.linalg.norm(found - truth) < 1.5 * h, (found, start)
     assert np.linalg.norm(found - truth) < np.linalg.norm(start - truth)
     assert fit.report.loss < problem.posterior.log_density(problem.u0, problem.theta0) * -1
+
+
+def test_profile_max_iter_bounds_the_outer_evaluations():
+    """max_iter bounds the profile strategy's work: at most 2 max_iter + 1 inner solves of at most inner_max_iter
+    iterations each, even when L-BFGS-B's line search would go on evaluating (inexact inner solves)."""
+    problem = reaction_diffusion_2d(case=1, sigma=0.05, n=12, nt=13, dtype=jnp.float64)
+    fit = bodil.map_estimate(problem.posterior, problem.u0, problem.theta0, method="gauss-newton", strategy="profile",
+                             max_iter=1, inner_max_iter=2, throw=False)
+    extra = fit.report.extra
+    assert extra["outer_evaluations"] <= 3
+    assert len(extra["inner_iterations"]) <= 3 and max(extra["inner_iterations"]) <= 2
+    assert not fit.report.converged

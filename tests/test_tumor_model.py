@@ -114,3 +114,90 @@ def test_tempered_posterior_weighs_the_likelihood_by_w_and_is_wider():
     # w = 1/8: the origin's variance grows (about 8 times for a Gaussian posterior; 24 samples)
     var = {ell: sum(float(np.var(r.posterior[c].values)) for c in ORIGIN) for ell, r in runs.items()}
     assert var[10.0] > 3 * var[None]
+
+
+# ---------------------------------------------------------------- non-negative concentrations (docs/maths.md)
+def test_projected_gauss_newton_solves_a_box_constrained_least_squares_problem_exactly():
+    # 0.5 |A u - b|^2 on [0, 1]^n, a smoothing prior and data outside [0, 1]: the bounded Gauss-Newton solve
+    # must land on the constrained minimiser (scipy's lsq_linear, an active-set QP solver), with its
+    # active set at the bounds, and the unbounded solve (bounds=None) must leave the box
+    import scipy.optimize
+    from jax.flatten_util import ravel_pytree
+
+    from bodil import Grid, Params, PDEPrior, Posterior
+    from bodil.likelihood import Gaussian
+    from bodil.optimize import Objective, map_estimate
+
+    n = 40
+    grid = Grid(shape=(n,), lower=0.0, upper=1.0, names=("x",))
+    xs = np.asarray(grid.coordinates(0))
+    y = 1.6 * np.sin(2 * np.pi * xs) + 0.3  # from -1.3 to 1.9
+    prior = PDEPrior(lambda u, th, g: (u[2:] - 2 * u[1:-1] + u[:-2]) * n, grid, beta=1e-3, reduction="sum")
+    post = Posterior(prior, Gaussian(None, y, sigma=0.1), Params())
+    u0 = jnp.full(n, 0.5)
+    obj = Objective(post, u0, {})
+    jac = np.asarray(jax.jacfwd(lambda x: ravel_pytree(obj.residual(x))[0])(obj.x0))
+    r0 = np.asarray(ravel_pytree(obj.residual(obj.x0))[0])
+    exact = scipy.optimize.lsq_linear(jac, jac @ np.asarray(obj.x0) - r0, bounds=(0.0, 1.0), tol=1e-14,
+                                      lsmr_tol="auto").x
+    fit = map_estimate(post, u0, {}, bounds=(0.0, 1.0), gtol=1e-9, max_iter=50)
+    u = np.asarray(fit.u)
+    assert fit.report.converged and u.min() >= 0.0 and u.max() <= 1.0
+    assert np.max(np.abs(u - exact)) < 1e-7
+    assert np.sum(u == 0.0) >= 5 and np.sum(u == 1.0) >= 5  # both bounds active
+    free = np.asarray(map_estimate(post, u0, {}, bounds=None, gtol=1e-9).u)
+    assert free.min() < -0.1 and free.max() > 1.1
+
+
+def _odil_fields(model, bounds, theta_map):
+    """The joint MAP field and two inner (field-only) solves at origins 1.5 mm apart."""
+    from bodil.inference import ModeApproximation
+    from bodil.optimize import map_estimate
+
+    names = model.settings["infer"]
+    theta0 = {k: jnp.asarray(theta_map[k]) for k in names}
+    fit = map_estimate(model.posterior, model.forward(theta0), theta0, strategy="joint", max_iter=4, throw=False, cg_maxiter=100,
+                       bounds=bounds)
+    inner = model.with_fixed(TRUTH, infer=ORIGIN)
+    mode = ModeApproximation(inner.posterior, (fit.u, {c: jnp.asarray(TRUTH[c]) for c in ORIGIN}), max_iter=4,
+                             ftol=1e-6, damping=10.0, adaptive_damping=True, on_failure="lower-bound",
+                             initial=lambda th: inner.forward(th), bounds=bounds, cg_maxiter=100)
+    fields = [fit.u]
+    for shift in (1.5, -1.5):
+        fields.append(mode.solve({c: jnp.asarray(TRUTH[c] + shift) for c in ORIGIN})[0])
+    return [np.asarray(u) for u in fields]
+
+
+@pytest.mark.parametrize("likelihood", ["sigmoid", "interval"])
+def test_odil_fields_of_the_tumour_posterior_stay_in_0_1(likelihood):
+    # the three-class sigmoid keeps rewarding a lower u in healthy voxels and the hinge penalises u < 0 only
+    # softly: unbounded, the MAP and the inner solves go below zero. The tumour posterior is restricted to
+    # 0 <= u <= 1 (TumorPosterior.field_bounds, read by Gauss-Newton's default bounds="auto").
+    model, _ = synthetic(n=8, nt=5, infer=("Dw", "rho", "x0", "y0", "z0"), likelihood=likelihood)
+    assert model.posterior.field_bounds == (0.0, 1.0)
+    assert model.with_fixed(TRUTH).posterior.field_bounds == (0.0, 1.0)
+    for u in _odil_fields(model, "auto", TRUTH):
+        assert u.min() >= -1e-10 and u.max() <= 1.0 + 1e-10
+    if likelihood == "sigmoid":  # what the bounds prevent
+        assert min(u.min() for u in _odil_fields(model, None, TRUTH)) < -1e-3
+
+
+def test_inner_solve_at_the_bound_is_a_constrained_minimum():
+    # KKT conditions of min f over 0 <= u <= 1 at a converged bounded inner solve: zero gradient at the free
+    # values, a gradient pushing outwards (g >= 0 at u = 0) at the active ones
+    from bodil.inference import ModeApproximation
+
+    model, _ = synthetic(n=8, nt=5, infer=ORIGIN, fixed=TRUTH, likelihood="sigmoid")
+    theta = {c: jnp.asarray(TRUTH[c]) for c in ORIGIN}
+    mode = ModeApproximation(model.posterior, (model.forward(theta), theta), max_iter=60, ftol=1e-13, gtol=1e-7,
+                             damping=10.0, adaptive_damping=True)
+    u, ev = mode.solve(theta)
+    assert ev.converged
+    x = mode.objective.x0.at[: mode.n_field].set(jnp.ravel(u))
+    g = np.asarray(mode.solver.gradient(x))[: mode.n_field]
+    u = np.ravel(np.asarray(u))
+    at_zero, inside = u <= 0.0, (u > 0.0) & (u < 1.0)
+    assert at_zero.sum() > 0.1 * u.size  # the healthy region sits at the bound
+    scale = np.max(np.abs(g))
+    assert np.all(g[at_zero] >= -1e-6 * scale)
+    assert np.max(np.abs(g[inside])) <= 1e-6 * scale

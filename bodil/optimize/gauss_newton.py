@@ -32,6 +32,16 @@ reaction (``rho (1 - 2u) dt > REACTION_CAP`` of that module) the time-marching p
 With ``fix_theta=True`` only the field moves (the parameters stay at their starting values): the inner solve
 of the profile strategy (``bodil.optimize.profile``) and of the mode approximation.
 
+Bounds on the field (``bounds=(lower, upper)``; default ``"auto"``: the posterior's ``field_bounds`` attribute
+if it has one, e.g. the tumour posterior's ``[0, 1]``, else none) make each step a projected Newton step
+(Bertsekas 1982): the field values at a bound whose gradient points out of the box are held there (the
+active set); the Gauss-Newton system is solved for the others (the preconditioner restricted to them, as
+with ``fix_theta``); and the line search follows the projected path ``P(x + t p)``, ``P`` the clip to the box,
+with the Armijo condition ``f(P(x + t p)) <= f(x) + c g.(P(x + t p) - x)``. Every iterate, the start
+included (it is clipped), lies in the box; the gradient in the stopping rule and the report is the
+projected gradient (zero in the active components), which vanishes at a constrained minimum. Without
+bounds nothing changes. See docs/maths.md, "Non-negative concentrations".
+
 Stops when ``|g|_inf <= gtol``; when the decrease predicted by a converged CG step, ``-g.p`` (the Newton
 decrement), or the actual decrease is below ``ftol * max(|f|, 1)``; when ``f <= target_loss``; or after
 ``max_iter`` iterations.
@@ -74,7 +84,8 @@ class GaussNewton:
 
     def __init__(self, obj: Objective, *, curvature: str = "gauss-newton", damping: float = 0.0,
                  adaptive_damping: bool = False, cg_maxiter: int = 500, cg_rtol: float = 1e-10,
-                 eta_max: float = 0.1, max_backtracks: int = 30, armijo: float = 1e-4, preconditioner="auto"):
+                 eta_max: float = 0.1, max_backtracks: int = 30, armijo: float = 1e-4, preconditioner="auto",
+                 bounds="auto"):
         if curvature not in ("gauss-newton", "exact"):
             raise ValueError(f"gauss_newton: curvature must be 'gauss-newton' or 'exact', got {curvature!r}.")
         if not damping >= 0:
@@ -87,6 +98,7 @@ class GaussNewton:
             raise ValueError(f"gauss_newton: preconditioner must be one of {PRECONDITIONERS} or a callable, "
                              f"got {preconditioner!r}.")
         self.obj, self.curvature = obj, curvature
+        self.bounds = field_bounds(obj, bounds)
         self.adaptive_damping = bool(adaptive_damping)
         self.options = dict(damping=damping, cg_maxiter=cg_maxiter, cg_rtol=cg_rtol, eta_max=eta_max,
                             max_backtracks=max_backtracks, armijo=armijo)
@@ -101,14 +113,26 @@ class GaussNewton:
         residual, scalar, value = obj.residual, obj.scalar, obj.value
         armijo = opts["armijo"]
 
+        bounded = self.bounds is not None
+
         def step(x, g0_norm, damping):
-            mask = (jnp.arange(x.size) < self.n_field).astype(x.dtype) if fix_theta else None
-            project = (lambda v: v * mask) if fix_theta else (lambda v: v)
+            in_field = jnp.arange(x.size) < self.n_field
+            mask = in_field.astype(x.dtype) if fix_theta else None
+            fix = (lambda v: v * mask) if fix_theta else (lambda v: v)
             r, jvp = jax.linearize(residual, x)
             vjp = jax.linear_transpose(jvp, x)
             s_val, s_grad = jax.value_and_grad(scalar)(x)
             loss = 0.5 * sum(jnp.sum(jnp.square(v)) for v in jax.tree.leaves(r)) + s_val
-            g = project(vjp(r)[0] + s_grad)
+            g = fix(vjp(r)[0] + s_grad)
+            if bounded:  # projected Newton: hold the active set, solve for the free values (module docstring)
+                lower, upper = self._box(x)
+                active = ((x <= lower) & (g > 0)) | ((x >= upper) & (g < 0))
+                free = (~active).astype(x.dtype)
+                project = (lambda v: fix(v) * free)
+                clip = (lambda v: jnp.clip(v, lower, upper))
+            else:
+                project, clip = fix, (lambda v: v)
+            g = project(g)  # the projected gradient: zero in the active components
             g_norm = jnp.linalg.norm(g)
 
             if self.curvature == "exact":
@@ -120,6 +144,9 @@ class GaussNewton:
 
             def matvec(p):
                 return project(curvature(project(p))) + damping * p
+
+            def curvature_fixed(p):  # the curvature along a step p (zero outside the moving block)
+                return fix(curvature(fix(p)))
 
             eta = jnp.minimum(opts["eta_max"], jnp.sqrt(g_norm / jnp.maximum(g0_norm, jnp.finfo(x.dtype).tiny)))
             tol = jnp.maximum(eta, opts["cg_rtol"]) * g_norm
@@ -136,38 +163,71 @@ class GaussNewton:
                     capped = capped_points(obj, x).astype(jnp.int32)
             elif callable(self.preconditioner):
                 precondition = self.preconditioner(obj, x, matvec)
+            if bounded and precondition is not None:  # restricted to the free values, identity on the active
+                precondition_all = precondition
+
+                def precondition(v):
+                    return project(precondition_all(project(v))) + (1.0 - free) * v
             p, info = truncated_cg(matvec, -g, tol, opts["cg_maxiter"], precondition)
             p = project(p)
-            slope = jnp.vdot(g, p)
+            decrement = -jnp.vdot(g, p)  # the Newton decrement of the free values (of all without bounds)
+
+            def point(t):  # the projected path; x + t p without bounds
+                return clip(x + t * p)
+
+            def armijo_ok(t, f_new):
+                return jnp.isfinite(f_new) & (f_new <= loss + armijo * jnp.vdot(g, point(t) - x))
 
             def ls_cond(state):
                 t, f_new, k = state
-                ok = jnp.isfinite(f_new) & (f_new <= loss + armijo * t * slope)
-                return ~ok & (k < opts["max_backtracks"])
+                return ~armijo_ok(t, f_new) & (k < opts["max_backtracks"])
 
             def ls_body(state):
                 t, _, k = state
                 t = 0.5 * t
-                return t, value(x + t * p), k + 1
+                return t, value(point(t)), k + 1
 
-            f_full = value(x + p)
+            f_full = value(point(1.0))
             t, f_new, k = jax.lax.while_loop(ls_cond, ls_body, (jnp.ones((), x.dtype), f_full, jnp.zeros((), jnp.int32)))
-            accepted = jnp.isfinite(f_new) & (f_new <= loss + armijo * t * slope) & (slope < 0)
-            x_new = jnp.where(accepted, x + t * p, x)
+            x_try = point(t)
+            accepted = armijo_ok(t, f_new) & (jnp.vdot(g, x_try - x) < 0)
+            x_new = jnp.where(accepted, x_try, x)
             if self.adaptive_damping:  # one more curvature product, only when the ratio is used
-                predicted = -slope - 0.5 * jnp.vdot(p, project(curvature(p)))
+                d = point(1.0) - x
+                predicted = -jnp.vdot(g, d) - 0.5 * jnp.vdot(d, curvature_fixed(d))
                 ratio = jnp.where(jnp.isfinite(f_full),
                                   (loss - f_full) / jnp.where(predicted > 0, predicted, jnp.inf), -jnp.inf)
             else:
                 ratio = jnp.full((), jnp.nan, x.dtype)
             return GNStep(x_new, loss, jnp.where(accepted, f_new, loss), jnp.max(jnp.abs(g)), accepted,
-                          info.iterations, info.residual_norm <= tol, k + 1, -slope, ratio, capped)
+                          info.iterations, info.residual_norm <= tol, k + 1, decrement, ratio, capped)
 
         return step
+
+    def _box(self, x):
+        """Per-entry lower and upper bounds of ``x`` (the field's bounds; none on the parameters)."""
+        lo, up = self.bounds
+        in_field = jnp.arange(x.size) < self.n_field
+        return jnp.where(in_field, lo, -jnp.inf).astype(x.dtype), jnp.where(in_field, up, jnp.inf).astype(x.dtype)
+
+    def clip(self, x):
+        """``x`` with its field clipped to the bounds (``x`` itself without bounds)."""
+        if self.bounds is None:
+            return x
+        return jnp.clip(x, *self._box(x))
 
     def gradient(self, x):
         """``grad f(x)``, compiled once (all of it: field and parameters)."""
         return self._grad(x)
+
+    def projected_gradient(self, x):
+        """The gradient with the components that push a field value at its bound out of the box zeroed: zero
+        at a minimum of ``f`` over the box (``gradient(x)`` without bounds)."""
+        g = self._grad(x)
+        if self.bounds is None:
+            return g
+        lower, upper = self._box(x)
+        return jnp.where(((x <= lower) & (g > 0)) | ((x >= upper) & (g < 0)), 0.0, g)
 
     def run(self, x0=None, *, fix_theta: bool = False, max_iter: int = 100, gtol: float = 1e-6,
             ftol: float | None = None, target_loss: float | None = None, progress: bool | ProgressMeter = False):
@@ -175,11 +235,33 @@ class GaussNewton:
 
         Stopping rules: see the module docstring (``ftol`` defaults to ``1e-12`` in float64, ``1e-6`` else).
         """
-        x = self.obj.x0 if x0 is None else x0
+        x = self.clip(self.obj.x0 if x0 is None else x0)
         if ftol is None:
             ftol = 1e-12 if x.dtype == jnp.float64 else 1e-6
         return iterate(GaussNewtonRun(self, bool(fix_theta), gtol, ftol, target_loss), x, max_iter=max_iter,
                        progress=progress)
+
+
+def field_bounds(obj: Objective, bounds="auto"):
+    """The bounds on the field: ``None`` or a pair of floats ``(lower, upper)`` (``-inf``/``inf`` for a side
+    without one). ``bounds="auto"`` takes the posterior's ``field_bounds`` attribute (``None`` if it has none);
+    ``None`` means no bounds; a pair ``(lower, upper)`` (either may be ``None``) bounds every field value."""
+    if isinstance(bounds, str):
+        if bounds != "auto":
+            raise ValueError(f"gauss_newton: bounds must be 'auto', None or a pair (lower, upper), got {bounds!r}.")
+        bounds = getattr(obj.posterior, "field_bounds", None)
+    if bounds is None:
+        return None
+    try:
+        lo, up = bounds
+        lo = -float("inf") if lo is None else float(lo)
+        up = float("inf") if up is None else float(up)
+    except (TypeError, ValueError):
+        raise ValueError(f"gauss_newton: bounds must be 'auto', None or a pair of numbers (lower, upper), got "
+                         f"{bounds!r}.") from None
+    if not lo < up:
+        raise ValueError(f"gauss_newton: bounds need lower < upper, got ({lo}, {up}).")
+    return (lo, up)
 
 
 def levenberg_marquardt(damping: float, start: float, ratio: float, informative: bool,
@@ -236,7 +318,7 @@ class GaussNewtonRun:
         return "gauss-newton" if self.gn.curvature == "gauss-newton" else "newton-krylov"
 
     def _gradient(self, x):
-        g = self.gn.gradient(x)
+        g = self.gn.projected_gradient(x)
         return g.at[self.gn.n_field:].set(0.0) if self.fix_theta else g
 
     def init(self, x0) -> GNState:

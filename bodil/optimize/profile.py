@@ -28,8 +28,12 @@ from .iterate import Outcome, Stop, iterate
 from .objective import Objective
 
 
-class _TargetReached(Exception):
-    pass
+class _Stopped(Exception):
+    """Raised inside scipy's outer loop to end it between two evaluations (target reached, budget spent)."""
+
+    def __init__(self, message: str, success: bool):
+        super().__init__(message)
+        self.message, self.success = message, success
 
 
 class ProfileState(NamedTuple):
@@ -59,6 +63,13 @@ class Profile:
     def obj(self) -> Objective:
         return self.gn.obj
 
+    @staticmethod
+    def max_evaluations_for(iterations: int) -> int:
+        """Outer evaluations (inner solves) allowed for ``iterations`` outer iterations: two per iteration and
+        one for the start, so ``max_iter`` bounds the work at ``(2 max_iter + 1) inner_max_iter`` Gauss-Newton
+        iterations (L-BFGS-B's line search otherwise may evaluate without limit within one iteration)."""
+        return 2 * int(iterations) + 1
+
     def init(self, x0) -> ProfileState:
         return ProfileState(x0, 0, (), 0, {"fun": 0, "grad": 0, "jvp": 0, "vjp": 0}, (), None)
 
@@ -70,9 +81,12 @@ class Profile:
 
     def step(self, state: ProfileState, budget: int, tick) -> ProfileState:
         n_u, scale = self.gn.n_field, self.outer_step
-        evals = {"x": state.x, "inner": [], "unconverged": 0, "evaluations": dict(state.evaluations), "history": []}
+        evals = {"x": state.x, "inner": [], "unconverged": 0, "evaluations": dict(state.evaluations), "history": [],
+                 "best": (np.inf, state.x)}
 
         def fun(w):
+            if len(evals["inner"]) >= max_evaluations:
+                raise _Stopped(f"maximum number of outer evaluations ({max_evaluations}) reached", False)
             x, rep = self.inner(evals["x"], w * scale)
             evals["x"] = x
             evals["inner"].append(rep.iterations)
@@ -80,19 +94,29 @@ class Profile:
             for k, v in rep.evaluations.items():
                 evals["evaluations"][k] += v
             evals["history"].append(rep.loss)
+            if rep.loss < evals["best"][0]:
+                evals["best"] = (rep.loss, x)
             tick(0, loss=rep.loss, inner=rep.iterations)
             if self.target_loss is not None and rep.loss <= self.target_loss:
-                raise _TargetReached
+                raise _Stopped("target loss reached", True)
             g = np.asarray(self.gn.gradient(x)[n_u:], dtype=np.float64)
             return float(rep.loss), g * scale
 
         z0 = np.asarray(state.x[n_u:], dtype=np.float64)
+        max_evaluations = self.max_evaluations_for(budget)
+        iterations = [0]
+
+        def callback(_):
+            iterations[0] += 1
+            tick(1)
+
         try:
-            res = scipy.optimize.minimize(fun, z0 / scale, jac=True, method="L-BFGS-B", callback=lambda _: tick(1),
+            res = scipy.optimize.minimize(fun, z0 / scale, jac=True, method="L-BFGS-B", callback=callback,
                                           options={"maxiter": budget, "gtol": self.gtol * scale, "ftol": self.ftol})
-        except _TargetReached:
-            res = scipy.optimize.OptimizeResult(x=np.asarray(evals["x"][n_u:], np.float64) / scale, success=True,
-                                                message="target loss reached", nit=len(evals["inner"]),
+        except _Stopped as stop:  # the best evaluation's field and parameters are the result
+            evals["x"] = evals["best"][1]
+            res = scipy.optimize.OptimizeResult(x=np.asarray(evals["x"][n_u:], np.float64) / scale,
+                                                success=stop.success, message=stop.message, nit=iterations[0],
                                                 nfev=len(evals["inner"]))
         x = evals["x"]
         z_best = res.x * scale
@@ -123,7 +147,8 @@ def profile_gauss_newton(obj: Objective, *, max_iter: int = 50, gtol: float = 1e
     """Minimise ``obj`` by the profile strategy; returns ``(x, Report)``.
 
     Args:
-        max_iter: outer L-BFGS-B iterations.
+        max_iter: outer L-BFGS-B iterations; at most ``2 max_iter + 1`` outer evaluations (inner solves) run, so
+            the work is bounded by ``(2 max_iter + 1) inner_max_iter`` Gauss-Newton iterations.
         gtol: tolerance on the largest reduced-gradient component (outer) and on the field gradient.
         ftol: relative tolerance on the outer loss change (default ``1e-12`` in float64, ``1e-6`` else).
         inner_max_iter: iteration limit of each inner Gauss-Newton solve.

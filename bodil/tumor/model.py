@@ -19,6 +19,10 @@ The posterior is (eq. 32, with GliODIL's time scaled to ``[0, 1]``)
   or the smooth three-class model of appendix B (``likelihood="sigmoid"``).
 
 Only ``D T`` and ``rho T`` are identifiable from one image; ``T`` is fixed (default 100 days).
+
+The field is a concentration: the posterior is restricted to ``0 <= u <= 1`` (``TumorPosterior.field_bounds``;
+the ODIL solves are projected Gauss-Newton steps on that box). Unrestricted, the likelihood drives the field
+below zero where the segmentation says "healthy" (docs/maths.md, "Non-negative concentrations").
 """
 
 from __future__ import annotations
@@ -48,6 +52,19 @@ UNITS = {"Dw": "mm^2/day", "Dg": "mm^2/day", "ratio": "", "rho": "1/day", "x0": 
          "tau_lo": "", "tau_up": "", "T": "day"}
 
 
+FIELD_BOUNDS = (0.0, 1.0)
+"""The physical range of the concentration: the tumour posterior's support in ``u``."""
+
+
+class TumorPosterior(Posterior):
+    """The GliODIL posterior restricted to concentrations in ``[0, 1]``: ``p(u, theta | D)`` times the indicator
+    of ``0 <= u <= 1`` (renormalised). ``field_bounds`` is read by the Gauss-Newton solver
+    (``bodil.optimize.gauss_newton.GaussNewton(bounds="auto")``), which then keeps every iterate in the box;
+    its mode is the constrained mode. Densities are those of ``Posterior`` (inside the box)."""
+
+    field_bounds = FIELD_BOUNDS
+
+
 def default_priors(origin_lower, origin_upper) -> dict[str, dist.Distribution]:
     """Priors on theta: log-uniform ``Dw`` in [0.001, 10] mm^2/day, ``Dw/Dg`` in [10, 1000] (GliODIL's range),
     ``rho`` in [0.001, 1] /day (DESIGN.md), origin uniform over ``[origin_lower, origin_upper]`` (mm; ``tumor_model``
@@ -68,7 +85,7 @@ class TumorModel:
     """The GliODIL posterior on one box, with everything needed to start and read it.
 
     Attributes:
-        posterior: the ``bodil.Posterior`` over ``(u, theta)``.
+        posterior: the ``TumorPosterior`` over ``(u, theta)`` (a ``bodil.Posterior`` on ``0 <= u <= 1``).
         grid: the space-time grid (``t`` in days, ``x, y, z`` in mm of the box frame).
         wm, gm: white- and grey-matter fractions on the box points.
         classes: segmentation classes on the box points (0 healthy, 1 edema, 2 core, -1 ignored).
@@ -128,7 +145,7 @@ class TumorModel:
                 entries[name] = params.priors[name]
             else:
                 entries[name] = float(theta[name]) if name in theta else params.fixed[name]
-        post = Posterior(self.posterior.prior, self.posterior.likelihoods, Params(**entries))
+        post = type(self.posterior)(self.posterior.prior, self.posterior.likelihoods, Params(**entries))
         return dataclasses.replace(self, posterior=post)
 
 
@@ -189,7 +206,7 @@ def tumor_model(wm, gm, classes, side_mm: float, *, nt: int = 32, t_final: float
                      initial=clipped_gaussian(ORIGIN, mass, dt2), beta_initial=lambda_ic)
     cls = IntervalHinge if likelihood == "interval" else ThreeClassSigmoid
     lik = cls(lambda u, th: u[-1], classes, "tau_lo", "tau_up", sigma=sigma)
-    post = Posterior(prior, lik, Params(**entries))
+    post = TumorPosterior(prior, lik, Params(**entries))
     settings = dict(n=n, nt=nt, side_mm=float(side_mm), spacing_mm=float(h), t_final=float(t_final),
                     lambda_pde=lambda_pde, lambda_ic=lambda_ic, sigma=sigma, likelihood=likelihood, mass=mass,
                     dt2=dt2, infer=tuple(infer), fixed={k: v for k, v in entries.items() if k not in infer})
