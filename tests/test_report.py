@@ -91,6 +91,19 @@ def test_long_notes_continue_on_new_pages():
     assert all(t.get_position()[1] > 0.05 for t in body)  # the text stays clear of the footer
 
 
+def test_first_page_states_the_notes_from_the_run(tmp_path):
+    """An unconverged solve (any note from the run) is said on page 1 and at the top of the HTML."""
+    note = "The MAP solve did not reach its tolerance (maximum number of iterations reached); results may be off."
+    content, _ = synthetic_content(margins=(4,), notes=(note,))
+    page = report_pages.title_page(content, "today")
+    texts = " ".join(t.get_text().replace("\n", " ") for t in page.texts)
+    assert "Warning: The MAP solve did not reach its tolerance" in texts
+    html = open(report.write_report(content, tmp_path)[1], encoding="utf-8").read()
+    assert html.index("Warning: The MAP solve") < html.index("<h2>Run</h2>")
+    clean, _ = synthetic_content(margins=(4,), notes=())
+    assert "Warning" not in " ".join(t.get_text() for t in report_pages.title_page(clean, "today").texts)
+
+
 def test_failure_leaves_no_report(tmp_path, monkeypatch):
     content, _ = synthetic_content(margins=(4,))
     bad = report.ReportContent(**{**content.__dict__, "probability": {4: content.probability[4] * 2 + 0.1}})

@@ -53,6 +53,7 @@ def _html(content: ReportContent, written: str, images: list[tuple[str, str]]) -
         "<h1>Tumour-cell infiltration and clinical target volumes</h1>",
         f"<p>Patient <b>{e(content.patient_id)}</b>, report written {e(written)}, bodil {e(bodil_version())}.</p>",
         f'<p class="warn">{e(RESEARCH_USE)}</p>',
+        *(f'<p class="warn">Warning: {e(note)}</p>' for note in content.notes),
         "<h2>Run</h2><table>" + "".join(f'<tr><td class="key">{e(k)}</td><td class="value">{e(v)}</td></tr>'
                                         for k, v in run_items(content)) + "</table>",
         "<h2>CTV volume and boundary spread per margin</h2>",

@@ -141,14 +141,20 @@ def title_page(content: ReportContent, written: str) -> Figure:
     fig.text(0.07, 0.932, f"Patient {content.patient_id}   |   report written {written}   |   bodil "
              f"{bodil_version()}", fontsize=9)
     fig.text(0.07, 0.905, textwrap.fill(RESEARCH_USE, 100), fontsize=8, color="#B00000", va="top")
+    warnings = [t for note in content.notes for t in textwrap.wrap(f"Warning: {note}", 98)]
+    if warnings:  # what the reader must know before trusting the numbers (an unconverged solve...)
+        fig.text(0.07, 0.875, "\n".join(warnings), fontsize=8, fontweight="bold", color="#B00000", va="top",
+                 linespacing=1.3)
+    top = 0.86 - 0.0135 * len(warnings)
     lines = [f"{k}: {v}" for k, v in run_items(content)]
     wrapped = []
     for line in lines:
         wrapped += textwrap.wrap(line, 110, subsequent_indent="    ") or [""]
-    if len(wrapped) > 22:
-        wrapped = wrapped[:21] + ["... (all settings in report.html)"]
-    fig.text(0.07, 0.86, "Run", fontsize=10, fontweight="bold", va="top")
-    fig.text(0.07, 0.84, "\n".join(wrapped), fontsize=7, family="monospace", va="top", linespacing=1.35)
+    room = max(4, 22 - int(1.5 * len(warnings)))
+    if len(wrapped) > room:
+        wrapped = wrapped[:room - 1] + ["... (all settings in report.html)"]
+    fig.text(0.07, top, "Run", fontsize=10, fontweight="bold", va="top")
+    fig.text(0.07, top - 0.02, "\n".join(wrapped), fontsize=7, family="monospace", va="top", linespacing=1.35)
 
     ax = fig.add_axes((0.07, 0.40, 0.86, 0.16))
     ax.axis("off")
