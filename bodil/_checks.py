@@ -10,6 +10,7 @@ import math
 from typing import Any, Iterable, Mapping
 
 import jax
+import numpy as np
 
 
 def choice(where: str, name: str, value: Any, options: Iterable) -> Any:
@@ -22,7 +23,7 @@ def choice(where: str, name: str, value: Any, options: Iterable) -> Any:
 
 def integer(where: str, name: str, value: Any, low: int = 0, high: int | None = None) -> int:
     """``int(value)`` if it is a whole number in ``[low, high]``."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) or int(value) != value:
         raise ValueError(f"{where}: {name} must be an integer, got {value!r}.")
     if value < low or (high is not None and value > high):
         bound = f">= {low}" if high is None else f"in [{low}, {high}]"
@@ -54,10 +55,24 @@ def no_unknown(where: str, options: Mapping[str, Any], known: Iterable[str]) -> 
                         f"it takes {', '.join(sorted(known))}.")
 
 
+def is_key(value: Any) -> bool:
+    """Whether ``value`` is a ``jax.random`` key: typed (``jax.random.key``) or raw (``PRNGKey``, uint32 (2,))."""
+    return isinstance(value, jax.Array) and (jax.dtypes.issubdtype(value.dtype, jax.dtypes.prng_key)
+                                             or (value.shape == (2,) and value.dtype.name == "uint32"))
+
+
+def seed_words(where: str, seed: Any) -> list[int]:
+    """The integers behind ``seed``: ``[seed]`` for an integer, the key's data words for a key (to seed a
+    ``numpy`` generator from the same argument that makes JAX keys)."""
+    if is_key(seed):
+        data = jax.random.key_data(seed) if jax.dtypes.issubdtype(seed.dtype, jax.dtypes.prng_key) else seed
+        return [int(w) for w in np.asarray(data, np.uint32).ravel()]
+    return [integer(where, "seed", seed)]
+
+
 def as_key(where: str, seed: Any) -> jax.Array:
     """A ``jax.random`` key from ``seed``: an integer, or a key (typed ``jax.random.key`` or raw ``PRNGKey``)."""
-    if isinstance(seed, jax.Array) and (jax.dtypes.issubdtype(seed.dtype, jax.dtypes.prng_key)
-                                        or (seed.shape == (2,) and seed.dtype.name == "uint32")):
+    if is_key(seed):
         return seed
     if isinstance(seed, bool) or not isinstance(seed, int) and not (hasattr(seed, "__index__")
                                                                     and getattr(seed, "ndim", 0) == 0):

@@ -62,20 +62,11 @@ class TrainSettings:
             object.__setattr__(self, name, _checks.integer(where, name, getattr(self, name), low=1))
         object.__setattr__(self, "learning_rate", _checks.positive(where, "learning_rate", self.learning_rate))
         object.__setattr__(self, "depths", tuple(_checks.integer(where, "depths", d, low=1) for d in self.depths))
-        if _checks.as_key(where, self.seed) is not self.seed:  # an integer, not a key: keep it as int
-            object.__setattr__(self, "seed", _checks.integer(where, "seed", int(self.seed)))
+        if not _checks.is_key(self.seed):
+            object.__setattr__(self, "seed", _checks.integer(where, "seed", self.seed))
         for name in ("max_train", "max_val"):
             if getattr(self, name) is not None:
                 object.__setattr__(self, name, _checks.integer(where, name, getattr(self, name), low=1))
-
-
-def _seed_words(seed) -> list[int]:
-    """The integers behind ``seed``: ``[seed]`` for an integer, the key's data words for a key."""
-    if isinstance(seed, int):
-        return [seed]
-    if jax.dtypes.issubdtype(seed.dtype, jax.dtypes.prng_key):
-        seed = jax.random.key_data(seed)
-    return [int(w) for w in np.asarray(seed).ravel()]
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -124,7 +115,7 @@ def _open_run(data, settings: TrainSettings) -> _Run:
     lo, hi = _theta_box(train.theta, manifest)
     record = settings_record(settings)
     if not isinstance(settings.seed, int):
-        record["seed"] = _seed_words(settings.seed)
+        record["seed"] = _checks.seed_words("train_surrogate", settings.seed)
     fingerprint = {"settings": record, "dataset": {k: manifest[k] for k in ("settings", "tissue_sha256")}}
     return _Run(manifest=manifest, train=train, val=val, arch=arch, lo=lo, hi=hi,
                 spacing=float(manifest["settings"]["spacing_mm"]), fingerprint=fingerprint)
@@ -176,7 +167,7 @@ def _write_checkpoint(ckpt: str, fingerprint: dict, history: list[dict], state) 
 def _train_epoch(step, state, run: _Run, settings: TrainSettings, epoch: int, meter: ProgressMeter):
     """One pass over the training split in whole batches: ``(state, mean loss)``."""
     network, opt_state = state
-    rng = np.random.default_rng([*_seed_words(settings.seed), epoch])
+    rng = np.random.default_rng([*_checks.seed_words("train_surrogate", settings.seed), epoch])
     order = rng.permutation(len(run.train))
     batches = [order[i:i + settings.batch_size]
                for i in range(0, len(run.train) - settings.batch_size + 1, settings.batch_size)]

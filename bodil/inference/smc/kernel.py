@@ -26,7 +26,6 @@ import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-import jax
 import numpy as np
 from scipy.special import logsumexp
 
@@ -44,11 +43,9 @@ def seed_entropy(where: str, seed: Any) -> int:
     key (typed or raw) its key data read as one integer (``jax.random.key(s)`` gives ``s`` for ``s < 2**32``)."""
     if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool) and seed >= 0:
         return int(seed)
-    key = _checks.as_key(where, seed)
-    data = jax.random.key_data(key) if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) else key
     value = 0
-    for word in np.asarray(data, np.uint32).ravel():
-        value = (value << 32) | int(word)
+    for word in _checks.seed_words(where, _checks.as_key(where, seed)):
+        value = (value << 32) | word
     return value
 
 
