@@ -13,10 +13,12 @@ parameters ``Dw, rho, x0, y0, z0``, the rest at their fixed values) and measures
 
 * forward run: the explicit Fisher-Kolmogorov solve of the box at theta (``TumorModel.forward``, median of
   ``--repeats`` runs after compilation), the unit of cost;
-* cold inner solve: started from that forward solution (the pipeline's ``initial=``); its time includes the
-  forward run;
+* cold inner solve from the explicit forward solution ("cold fk"); its time includes the forward run;
+* cold inner solve from the Crank-Nicolson march of the model's own residual ("cold cn",
+  ``TumorModel.discrete_forward``, the pipeline's ``initial=``: zero PDE and IC terms); its time includes
+  the march;
 * warm inner solve: at a nearby theta (theta moved by ``--step`` in every unconstrained coordinate, a random
-  sign each, as a BASIS chain's next point), started from the cold solution;
+  sign each, as a BASIS chain's next point), started from the "cold cn" solution;
 
 each with wall time, Gauss-Newton iterations, Krylov (CG) iterations (``Report.extra["cg_iterations"]``),
 whether it reached a stopping rule, and ``min(u)``, ``max(u)`` and the fraction of ``u < 0`` of the solution.
@@ -122,12 +124,14 @@ def nearby(params, theta: dict, step: float, rng: np.random.Generator) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------- measurements
-def timed_forward(model, theta: dict, repeats: int) -> tuple[jax.Array, float]:
-    """The forward solution at theta and the median wall time of ``repeats`` runs (compiled beforehand)."""
+def timed_forward(model, theta: dict, repeats: int, march: bool = False) -> tuple[jax.Array, float]:
+    """The forward solution at theta (with ``march``: the Crank-Nicolson march of the model's residual) and
+    the median wall time of ``repeats`` runs (compiled beforehand)."""
+    solve = model.discrete_forward if march else model.forward
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        u = jax.block_until_ready(model.forward(theta, dtype=jnp.float64))
+        u = jax.block_until_ready(solve(theta, dtype=jnp.float64))
         times.append(time.perf_counter() - start)
     return u, float(np.median(times))
 
@@ -183,20 +187,26 @@ def compile_solver(mode, reports, theta: dict, start: np.ndarray) -> None:
 
 
 def measure_thetas(model, mode, reports, thetas, step: float, repeats: int, seed: int) -> list[dict]:
-    """Per theta: the forward run, the cold solve from it and the warm solve at a nearby theta."""
+    """Per theta: the forward run, the cold solves from it and from the Crank-Nicolson march, and the warm
+    solve at a nearby theta."""
     params = model.posterior.params
     rng = np.random.default_rng(seed)
     rows = []
     for i, theta in enumerate(thetas):
         u_fwd, fwd_s = timed_forward(model, theta, repeats)
-        cold, x = inner_solve(mode, reports, theta, flat_start(model.posterior, u_fwd, theta))
+        cold, _ = inner_solve(mode, reports, theta, flat_start(model.posterior, u_fwd, theta))
         cold["time_s"] += fwd_s  # the forward run is part of a cold solve's cost
+        u_cn, cn_s = timed_forward(model, theta, repeats, march=True)
+        cold_cn, x = inner_solve(mode, reports, theta, flat_start(model.posterior, u_cn, theta))
+        cold_cn["time_s"] += cn_s
         warm, _ = inner_solve(mode, reports, nearby(params, theta, step, rng), x)
-        rows.append(dict(theta={k: float(v) for k, v in theta.items()}, forward_s=fwd_s, cold=cold, warm=warm))
+        rows.append(dict(theta={k: float(v) for k, v in theta.items()}, forward_s=fwd_s, march_s=cn_s, cold=cold,
+                         cold_cn=cold_cn, warm=warm))
         print(f"  theta {i + 1}/{len(thetas)} " + " ".join(f"{k}={float(v):.3g}" for k, v in theta.items())
-              + f": forward {fwd_s:.3f} s; cold {cold['time_s']:.1f} s {cold['iterations']} its "
-              f"{cold['cg_total']} CG {'ok' if cold['converged'] else 'NOT converged'}; warm {warm['time_s']:.1f} s "
-              f"{warm['iterations']} its {warm['cg_total']} CG {'ok' if warm['converged'] else 'NOT converged'}",
+              + f": forward {fwd_s:.3f} s, march {cn_s:.3f} s; "
+              + "; ".join(f"{kind} {r['time_s']:.1f} s {r['iterations']} its {r['cg_total']} CG "
+                          f"{'ok' if r['converged'] else 'NOT converged'}"
+                          for kind, r in (("cold fk", cold), ("cold cn", cold_cn), ("warm", warm))),
               file=sys.stderr, flush=True)
     return rows
 
@@ -210,11 +220,11 @@ def adam_comparison(model, mode, reports, theta: dict, epochs: int, repeats: int
     on_fixed = jax.jit(lambda u: obj.value(ravel_pytree(fixed.posterior.unconstrain(u, {}))[0]))
     u_fwd, fwd_s = timed_forward(model, theta, repeats)
     out = {"theta": {k: float(v) for k, v in theta.items()}, "forward_s": fwd_s}
-    for label, start in (("odil_forward", u_fwd), ("odil_zero", zero)):
+    u_cn, cn_s = timed_forward(model, theta, repeats, march=True)
+    for label, start in (("odil_forward", u_fwd), ("odil_march", u_cn), ("odil_zero", zero)):
         row, x = inner_solve(mode, reports, theta, flat_start(model.posterior, start, theta))
         row["objective"] = float(on_fixed(mode.objective.position(jnp.asarray(x))[0]))
-        if label == "odil_forward":
-            row["time_s"] += fwd_s
+        row["time_s"] += {"odil_forward": fwd_s, "odil_march": cn_s}.get(label, 0.0)
         out[label] = row
     if epochs:
         adam(obj, epochs=100, chunk=100)  # compile
@@ -252,16 +262,18 @@ def summarise(rows: list[dict], kind: str) -> dict:
                 negative_median=float(np.median(col["negative"])), unconverged_messages=messages)
 
 
-def print_table(title: str, forward: np.ndarray, stats: dict[str, dict], adam_row: dict | None) -> None:
+def print_table(title: str, forward: np.ndarray, march: np.ndarray, stats: dict[str, dict],
+                adam_row: dict | None) -> None:
     """One fixed-width table for one box size."""
     print(title)
-    print(f"forward FK run: median {np.median(forward):.3f} s (min {forward.min():.3f}, max {forward.max():.3f})")
-    head = (f"{'solve':<6}{'n':>4}{'time s':>9}{'p90 s':>9}{'fwd runs':>10}{'p90':>8}{'GN its':>8}{'max':>5}"
+    print(f"forward FK run: median {np.median(forward):.3f} s (min {forward.min():.3f}, max {forward.max():.3f}); "
+          f"Crank-Nicolson march: median {np.median(march):.3f} s")
+    head = (f"{'solve':<8}{'n':>4}{'time s':>9}{'p90 s':>9}{'fwd runs':>10}{'p90':>8}{'GN its':>8}{'max':>5}"
             f"{'CG its':>8}{'max':>6}{'conv.':>7}{'min u':>10}{'med min u':>11}{'max u':>8}{'u<0':>7}")
     print(head)
     print("-" * len(head))
     for kind, s in stats.items():
-        print(f"{kind:<6}{s['n']:>4}{s['time_median']:>9.2f}{s['time_p90']:>9.2f}{s['forward_runs_median']:>10.0f}"
+        print(f"{kind:<8}{s['n']:>4}{s['time_median']:>9.2f}{s['time_p90']:>9.2f}{s['forward_runs_median']:>10.0f}"
               f"{s['forward_runs_p90']:>8.0f}{s['iterations_median']:>8.0f}{s['iterations_max']:>5}"
               f"{s['cg_median']:>8.0f}{s['cg_max']:>6}{s['converged']:>7.2f}{s['u_min']:>10.3g}"
               f"{s['u_min_median']:>11.3g}{s['u_max']:>8.3f}{s['negative_median']:>7.2f}")
@@ -277,7 +289,8 @@ def print_table(title: str, forward: np.ndarray, stats: dict[str, dict], adam_ro
     print(f"At the synthetic truth ({theta}), objective -log p(u, theta | D) with theta fixed:")
     print(f"{'solver':<24}{'objective':>14}{'evaluations':>13}{'time s':>9}{'GN its':>8}{'conv.':>7}{'min u':>10}")
     odil = adam_row["odil_forward"]
-    for label, name in (("odil_forward", "ODIL from forward run"), ("odil_zero", "ODIL from zero field")):
+    for label, name in (("odil_forward", "ODIL from forward run"), ("odil_march", "ODIL from CN march"),
+                        ("odil_zero", "ODIL from zero field")):
         r = adam_row[label]
         print(f"{name:<24}{r['objective']:>14.6g}{r['evaluations']:>13}{r['time_s']:>9.2f}{r['iterations']:>8}"
               f"{'yes' if r['converged'] else 'no':>7}{r['u_min']:>10.3g}")
@@ -309,14 +322,14 @@ def run_size(patient, seg, anatomy, settings: CTVSettings, n: int, nt: int, args
     compile_solver(mode, reports, truth, start)
     rows = measure_thetas(model, mode, reports, thetas, args.step, args.repeats, args.seed)
     adam_row = adam_comparison(model, mode, reports, truth, args.adam_epochs, args.repeats) if args.adam else None
-    stats = {kind: summarise(rows, kind) for kind in ("cold", "warm")}
+    stats = {kind: summarise(rows, kind) for kind in ("cold", "cold_cn", "warm")}
     forward = np.array([r["forward_s"] for r in rows])
     title = (f"Box {n}^3 x {nt} ({n ** 3 * nt} unknowns, h = {crop.spacing_mm:.2f} mm), {settings.likelihood} "
              f"likelihood, {len(thetas)} theta of ({', '.join(infer)}) from the prior (seed {args.seed}), warm step "
              f"{args.step} (unconstrained); inner: {settings.inner_iterations} GN its, {settings.inner_cg_iterations} "
              f"CG its, ftol {settings.inner_ftol:g}, damping {settings.inner_damping:g}")
     print()
-    print_table(title, forward, stats, adam_row)
+    print_table(title, forward, np.array([r["march_s"] for r in rows]), stats, adam_row)
     print(f"(box done in {time.perf_counter() - started:.0f} s)")
     return dict(n=n, nt=nt, side_mm=crop.side_mm, spacing_mm=crop.spacing_mm, unknowns=n ** 3 * nt,
                 infer=list(infer), fixed={k: float(v) for k, v in fixed.items()}, stats=stats, adam=adam_row,

@@ -34,13 +34,18 @@ of the profile strategy (``bodil.optimize.profile``) and of the mode approximati
 
 Bounds on the field (``bounds=(lower, upper)``; default ``"auto"``: the posterior's ``field_bounds`` attribute
 if it has one, e.g. the tumour posterior's ``[0, 1]``, else none) make each step a projected Newton step
-(Bertsekas 1982): the field values at a bound whose gradient points out of the box are held there (the
-active set); the Gauss-Newton system is solved for the others (the preconditioner restricted to them, as
-with ``fix_theta``); and the line search follows the projected path ``P(x + t p)``, ``P`` the clip to the box,
+(Bertsekas 1982): the field values within ``bound_eps`` of a bound (the epsilon-active set) whose gradient
+does not point into the box by more than ``gtol`` are held where they are (the active set); the Gauss-Newton
+system is solved for the others, with the time-marching preconditioner restricted to them (the exact inverse
+of the PDE and IC curvature among the free values, ``B_FF^{-1} B_FF^{-T}``); and the line search follows the
+projected path ``P(x + t p)``, ``P`` the clip to the box,
 with the Armijo condition ``f(P(x + t p)) <= f(x) + c g.(P(x + t p) - x)``. Every iterate, the start
 included (it is clipped), lies in the box; the gradient in the stopping rule and the report is the
 projected gradient (zero in the active components), which vanishes at a constrained minimum. Without
-bounds nothing changes. See docs/maths.md, "Non-negative concentrations".
+bounds nothing changes. ``bound_eps`` (default ``1e-6``, in the field's units) keeps values that sit a rounding
+error inside a bound from each forming their own small free region: the held set stays in one piece, and the
+restricted preconditioner stays close to the inverse; a held value may stay up to ``bound_eps`` inside the box.
+See docs/maths.md, "Non-negative concentrations".
 
 Stops when ``|g|_inf <= gtol``; when the decrease predicted by a converged CG step, ``-g.p`` (the Newton
 decrement), or the actual decrease is below ``ftol * max(|f|, 1)``; when ``f <= target_loss``; or after
@@ -85,7 +90,7 @@ class GaussNewton:
     def __init__(self, obj: Objective, *, curvature: str = "gauss-newton", damping: float = 0.0,
                  adaptive_damping: bool = False, cg_maxiter: int = 500, cg_rtol: float = 1e-10,
                  eta_max: float = 0.1, max_backtracks: int = 30, armijo: float = 1e-4, preconditioner="auto",
-                 bounds="auto"):
+                 bounds="auto", bound_eps: float = 1e-6):
         if curvature not in ("gauss-newton", "exact"):
             raise ValueError(f"gauss_newton: curvature must be 'gauss-newton' or 'exact', got {curvature!r}.")
         if not damping >= 0:
@@ -99,11 +104,14 @@ class GaussNewton:
                              f"got {preconditioner!r}.")
         self.obj, self.curvature = obj, curvature
         self.bounds = field_bounds(obj, bounds)
+        if not bound_eps >= 0:
+            raise ValueError(f"gauss_newton: bound_eps must be >= 0, got {bound_eps!r}.")
+        self.bound_eps = float(bound_eps)
         self.adaptive_damping = bool(adaptive_damping)
         self.options = dict(damping=damping, cg_maxiter=cg_maxiter, cg_rtol=cg_rtol, eta_max=eta_max,
                             max_backtracks=max_backtracks, armijo=armijo)
         self.preconditioner = preconditioner
-        self._steps = {fix: jax.jit(self._make_step(fix)) for fix in (False, True)}  # (x, |g0|, mu) -> GNStep
+        self._steps = {fix: jax.jit(self._make_step(fix)) for fix in (False, True)}  # (x, |g0|, mu, gtol) -> GNStep
         self._grad = jax.jit(jax.grad(obj.value))
         u, _ = obj.unravel(obj.x0)
         self.n_field = sum(leaf.size for leaf in jax.tree.leaves(u))
@@ -115,7 +123,7 @@ class GaussNewton:
 
         bounded = self.bounds is not None
 
-        def step(x, g0_norm, damping):
+        def step(x, g0_norm, damping, gtol):
             in_field = jnp.arange(x.size) < self.n_field
             mask = in_field.astype(x.dtype) if fix_theta else None
             fix = (lambda v: v * mask) if fix_theta else (lambda v: v)
@@ -126,7 +134,8 @@ class GaussNewton:
             g = fix(vjp(r)[0] + s_grad)
             if bounded:  # projected Newton: hold the active set, solve for the free values (module docstring)
                 lower, upper = self._box(x)
-                active = ((x <= lower) & (g > 0)) | ((x >= upper) & (g < 0))
+                eps = self.bound_eps
+                active = ((x <= lower + eps) & (g > -gtol)) | ((x >= upper - eps) & (g < gtol))
                 free = (~active).astype(x.dtype)
                 project = (lambda v: fix(v) * free)
                 clip = (lambda v: jnp.clip(v, lower, upper))
@@ -155,7 +164,8 @@ class GaussNewton:
             # "auto" uses it for field-only solves.
             joint_with_theta = not fix_theta and self.n_field < x.size
             if self.preconditioner == "time-marching" or (self.preconditioner == "auto" and not joint_with_theta):
-                precondition = time_marching_preconditioner(obj, x, matvec, fix_theta=fix_theta)
+                precondition = time_marching_preconditioner(obj, x, matvec, fix_theta=fix_theta,
+                                                            free=free if bounded else None)
                 if precondition is None and self.preconditioner == "time-marching":
                     raise ValueError("gauss_newton: the time-marching preconditioner needs a single field on a "
                                      "space-time grid and a reaction_diffusion residual.")
@@ -164,10 +174,10 @@ class GaussNewton:
             elif callable(self.preconditioner):
                 precondition = self.preconditioner(obj, x, matvec)
             if bounded and precondition is not None:  # restricted to the free values, identity on the active
-                precondition_all = precondition
+                precondition_free = precondition
 
                 def precondition(v):
-                    return project(precondition_all(project(v))) + (1.0 - free) * v
+                    return project(precondition_free(project(v))) + (1.0 - free) * v
             p, info = truncated_cg(matvec, -g, tol, opts["cg_maxiter"], precondition)
             p = project(p)
             decrement = -jnp.vdot(g, p)  # the Newton decrement of the free values (of all without bounds)
@@ -328,7 +338,8 @@ class GaussNewtonRun:
 
     def step(self, state: GNState, budget: int, tick) -> GNState:
         x, mu = state.x, state.damping
-        out = self.gn._steps[self.fix_theta](x, state.g0_norm, jnp.asarray(mu, x.dtype))
+        out = self.gn._steps[self.fix_theta](x, state.g0_norm, jnp.asarray(mu, x.dtype),
+                                             jnp.asarray(self.gtol, x.dtype))
         loss, k = float(out.loss), int(out.cg_iterations)
         tick(1, loss=float(out.new_loss), cg=k)
         retry = False

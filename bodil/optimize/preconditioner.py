@@ -91,8 +91,12 @@ def applies_time_marching(obj) -> bool:
             and tuple(u.shape) == post.grid.shape)
 
 
-def time_march(obj, x, inner_rtol: float):
-    """Return ``(apply_B_inv, apply_B_inv_T)`` for the field part, or ``None`` if not applicable."""
+def time_march(obj, x, inner_rtol: float, free=None):
+    """Return ``(apply_B_inv, apply_B_inv_T)`` for the field part, or ``None`` if not applicable.
+
+    With ``free`` (a 0/1 array of the grid's shape) the march inverts ``B_FF``, the rows and columns of ``B``
+    at the free points: each implicit step solves ``L_m`` on the free points of time ``m`` with the others
+    held at zero (Dirichlet), and both marches return zero at the points that are not free."""
     if not applies_time_marching(obj):
         return None
     post = obj.posterior
@@ -113,48 +117,59 @@ def time_march(obj, x, inner_rtol: float):
     def f_prime(m_reaction, v):
         return stencil.diffusion_operator(v, faces, periodic) + m_reaction * v
 
-    def solve_l(m_reaction, rhs):
-        """Solve ``L_m y = rhs`` with ``L_m = I/dt - F'_m / 2`` (SPD: ``reaction dt <= REACTION_CAP < 2``)."""
-        jacobi = 1.0 / (1.0 / dt - 0.5 * (a_diag + m_reaction))
-        y, _ = truncated_cg(lambda v: v / dt - 0.5 * f_prime(m_reaction, v), rhs,
-                            inner_rtol * jnp.linalg.norm(rhs), 200, lambda r: jacobi * r)
+    mask = jnp.ones(grid.shape, x.dtype) if free is None else jnp.asarray(free, x.dtype).reshape(grid.shape)
+
+    def solve_l(m_reaction, m_free, rhs):
+        """Solve ``L_m y = rhs`` on the free points (``y = rhs`` elsewhere) with ``L_m = I/dt - F'_m / 2``
+        (SPD: ``reaction dt <= REACTION_CAP < 2``)."""
+        jacobi = m_free / (1.0 / dt - 0.5 * (a_diag + m_reaction)) + (1.0 - m_free)
+
+        def operator(v):
+            return m_free * (v / dt - 0.5 * f_prime(m_reaction, m_free * v)) + (1.0 - m_free) * v
+
+        y, _ = truncated_cg(operator, rhs, inner_rtol * jnp.linalg.norm(rhs), 200, lambda r: jacobi * r)
         return y
 
     def forward(b):
-        y0 = b[0] / s_ic
+        y0 = mask[0] * b[0] / s_ic
 
         def step(y_prev, inputs):
-            b_next, react_prev, react_next = inputs
-            rhs = b_next / s + (y_prev / dt + 0.5 * f_prime(react_prev, y_prev))
-            y = solve_l(react_next, rhs)
+            b_next, react_prev, react_next, m_free = inputs
+            rhs = m_free * (b_next / s + (y_prev / dt + 0.5 * f_prime(react_prev, y_prev)))
+            y = solve_l(react_next, m_free, rhs)
             return y, y
 
-        _, ys = jax.lax.scan(step, y0, (b[1:], reaction[:-1], reaction[1:]))
+        _, ys = jax.lax.scan(step, y0, (b[1:], reaction[:-1], reaction[1:], mask[1:]))
         return jnp.concatenate([y0[None], ys])
 
     def backward(c):
-        w_last = solve_l(reaction[-1], c[-1]) / s
+        w_last = solve_l(reaction[-1], mask[-1], mask[-1] * c[-1]) / s
 
         def step(w_next, inputs):
-            c_m, react_m, is_first = inputs
-            rhs = c_m + s * (w_next / dt + 0.5 * f_prime(react_m, w_next))
-            w = jnp.where(is_first, rhs / s_ic, solve_l(react_m, rhs) / s)
+            c_m, react_m, is_first, m_free = inputs
+            rhs = m_free * (c_m + s * (w_next / dt + 0.5 * f_prime(react_m, w_next)))
+            w = jnp.where(is_first, rhs / s_ic, solve_l(react_m, m_free, rhs) / s)
             return w, w
 
         n = grid.shape[0]
         first = jnp.arange(n - 1) == 0
-        _, ws = jax.lax.scan(step, w_last, (c[:-1], reaction[:-1], first), reverse=True)
+        _, ws = jax.lax.scan(step, w_last, (c[:-1], reaction[:-1], first, mask[:-1]), reverse=True)
         return jnp.concatenate([ws, w_last[None]])
 
     return forward, backward
 
 
-def time_marching_preconditioner(obj, x, matvec, fix_theta: bool = False, inner_rtol: float = 1e-10):
+def time_marching_preconditioner(obj, x, matvec, fix_theta: bool = False, inner_rtol: float = 1e-10, free=None):
     """Build ``v -> P v`` at ``x`` (see the module docstring), or ``None`` when the problem is not a
     single-field Crank-Nicolson reaction-diffusion problem. With ``fix_theta`` the parameter block is zeroed
     (field-only solves). ``P`` is symmetric positive definite; it is the exact inverse of the PDE and IC
-    curvature unless ``capped_points(obj, x) > 0``."""
-    march = time_march(obj, x, inner_rtol)
+    curvature unless ``capped_points(obj, x) > 0``.
+
+    ``free`` (0/1 per field value, bound-constrained solves) restricts the field block to the free values:
+    ``P_u = B_FF^{-1} B_FF^{-T}`` (``time_march``), zero on the others. It inverts the curvature of the PDE and
+    IC rows at free points; the rows at held points that touch free ones (the rim of the active set) are
+    left to the outer CG."""
+    march = time_march(obj, x, inner_rtol, free=None if free is None else free[:obj.posterior.grid.size])
     if march is None:
         return None
     forward, backward = march

@@ -37,6 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 from numpyro import distributions as dist
 
+from ..forward.crank_nicolson import crank_nicolson_march
 from ..forward.fk import solve_fk
 from ..grid import Grid
 from ..likelihood import IntervalHinge, ThreeClassSigmoid
@@ -133,6 +134,22 @@ class TumorModel:
         return solve_fk(u0, self.wm, self.gm, self.spacing, dw=dw, dg=dw / float(theta["ratio"]),
                         rho=float(theta["rho"]), t_final=self.settings["t_final"], times=self.grid.coordinates(0),
                         tissue_threshold=TISSUE_THRESHOLD)
+
+    def discrete_forward(self, theta, dtype=None) -> jnp.ndarray:
+        """The Crank-Nicolson solution of the model's own residual at ``theta`` (``bodil.forward.crank_nicolson``)
+        from the seed, clipped to ``[0, 1]``: zero PDE and initial-condition terms, the ODIL solves' start."""
+        theta = {k: jnp.asarray(v, dtype) for k, v in self.posterior.params.merge(theta).items()}
+        return self._compiled_discrete_forward(theta)
+
+    @functools.cached_property
+    def _compiled_discrete_forward(self):
+        residual = self.posterior.prior.residual
+
+        def march(theta):
+            u0 = self.initial_condition(theta)
+            return crank_nicolson_march(residual, u0, theta, self.grid, bounds=FIELD_BOUNDS)
+
+        return jax.jit(march)
 
     def with_fixed(self, theta: dict, infer=ORIGIN) -> "TumorModel":
         """The same model with every parameter not in ``infer`` fixed at its value in ``theta``."""

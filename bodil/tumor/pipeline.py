@@ -183,7 +183,8 @@ def fit_map(seg: Segmentation, anatomy: Anatomy, s: CTVSettings, progress: bool 
         log.info("MAP: forward Fisher-Kolmogorov fit (Nelder-Mead), then ODIL (joint Gauss-Newton)")
         theta_fk = fit_forward(model, initial_guess(model))
     theta0 = {k: jnp.asarray(v) for k, v in theta_fk.items()}
-    fit = map_estimate(model.posterior, model.forward(theta0), theta0, strategy="joint", max_iter=s.map_iterations,
+    fit = map_estimate(model.posterior, model.discrete_forward(theta0), theta0, strategy="joint",
+                       max_iter=s.map_iterations,
                        ftol=s.inner_ftol, progress=progress, throw=False)  # unconverged: noted in the summary
     theta_map = {**model.posterior.params.fixed, **{k: float(v) for k, v in fit.theta.items()}}
     log.info(f"MAP: {fit.report.message}; " + ", ".join(f"{k} = {v:.4g}" for k, v in theta_map.items()))
@@ -211,7 +212,7 @@ def sample_posterior(mf: MapFit, s: CTVSettings, progress: bool | ProgressMeter 
                                  damping=s.inner_damping, adaptive_damping=True,
                                  on_failure="lower-bound", cache_size=max(32, 2 * s.num_samples),
                                  keep=lambda u, th: np.asarray(u[-1], np.float32),
-                                 initial=lambda th: post_model.forward(th))
+                                 initial=lambda th: post_model.discrete_forward(th))
         log_likelihood = mode.log_likelihood
     else:
         mode = ForwardLikelihood(post_model, None if s.inner == "forward" else jax.jit(mf.surrogate_box.field))
