@@ -36,8 +36,9 @@ Bounds on the field (``bounds=(lower, upper)``; default ``"auto"``: the posterio
 if it has one, e.g. the tumour posterior's ``[0, 1]``, else none) make each step a projected Newton step
 (Bertsekas 1982): the field values within ``bound_eps`` of a bound (the epsilon-active set) whose gradient
 does not point into the box by more than ``gtol`` are held where they are (the active set); the Gauss-Newton
-system is solved for the others, with the time-marching preconditioner restricted to them (the exact inverse
-of the PDE and IC curvature among the free values, ``B_FF^{-1} B_FF^{-T}``); and the line search follows the
+system is solved for the others, with the time-marching preconditioner restricted to them
+(``B_FF^{-1} B_FF^{-T}``: it inverts the PDE and IC curvature among the free values except the rows of held
+points next to free ones); and the line search follows the
 projected path ``P(x + t p)``, ``P`` the clip to the box,
 with the Armijo condition ``f(P(x + t p)) <= f(x) + c g.(P(x + t p) - x)``. Every iterate, the start
 included (it is clipped), lies in the box; the gradient in the stopping rule and the report is the
