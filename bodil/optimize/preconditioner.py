@@ -64,6 +64,27 @@ def reaction_for_blocks(reaction, dt):
     return jnp.minimum(x, jnp.minimum(c, 4.0 / jnp.maximum(x, c))) / dt
 
 
+def implicit_solve(faces, periodic, dt, reaction, rhs, rtol: float, maxiter: int, free=None):
+    """Solve ``L y = rhs``, ``L = I/dt - (A + diag(reaction)) / 2`` (``A`` the diffusion operator of ``faces``,
+    ``bodil.stencil``), by Jacobi-preconditioned CG to ``rtol |rhs|``: one implicit Crank-Nicolson step.
+    ``L`` is SPD while ``reaction dt < 2`` (``reaction_for_blocks`` keeps it there). With ``free`` (0/1 on the
+    space points) it solves on the free points with the others held at zero (``y = rhs`` there)."""
+    diagonal = 1.0 / dt - 0.5 * (stencil.operator_diagonal(faces, periodic) + reaction)
+
+    def l_op(v):
+        return v / dt - 0.5 * (stencil.diffusion_operator(v, faces, periodic) + reaction * v)
+
+    if free is None:
+        operator, jacobi = l_op, 1.0 / diagonal
+    else:
+        def operator(v):
+            return free * l_op(free * v) + (1.0 - free) * v
+
+        jacobi = free / diagonal + (1.0 - free)
+    y, _ = truncated_cg(operator, rhs, rtol * jnp.linalg.norm(rhs), maxiter, lambda r: jacobi * r)
+    return y
+
+
 def _linearised_reaction(obj, x):
     """``(u, theta, faces, rho (1 - 2u), dt)`` at ``x``: the pieces of ``F'(u) = A + diag(rho (1 - 2u))``."""
     post = obj.posterior
@@ -112,48 +133,45 @@ def time_march(obj, x, inner_rtol: float, free=None):
     # initial states, which CG then resolves in about n_space iterations.
     s_ic = jnp.sqrt(2.0 * w_ic) if w_ic else s / dt
     reaction = reaction_for_blocks(reaction, dt)  # (nt, *space): F'(u^m) ~ A + diag(reaction[m])
-    a_diag = stencil.operator_diagonal(faces, periodic)
+    mask = None if free is None else jnp.asarray(free, x.dtype).reshape(grid.shape)
 
     def f_prime(m_reaction, v):
         return stencil.diffusion_operator(v, faces, periodic) + m_reaction * v
 
-    mask = jnp.ones(grid.shape, x.dtype) if free is None else jnp.asarray(free, x.dtype).reshape(grid.shape)
+    def restrict(m_free, v):
+        return v if m_free is None else m_free * v
 
     def solve_l(m_reaction, m_free, rhs):
-        """Solve ``L_m y = rhs`` on the free points (``y = rhs`` elsewhere) with ``L_m = I/dt - F'_m / 2``
-        (SPD: ``reaction dt <= REACTION_CAP < 2``)."""
-        jacobi = m_free / (1.0 / dt - 0.5 * (a_diag + m_reaction)) + (1.0 - m_free)
+        """Solve ``L_m y = rhs`` (on the free points) with ``L_m = I/dt - F'_m / 2``."""
+        return implicit_solve(faces, periodic, dt, m_reaction, rhs, inner_rtol, 200, m_free)
 
-        def operator(v):
-            return m_free * (v / dt - 0.5 * f_prime(m_reaction, m_free * v)) + (1.0 - m_free) * v
-
-        y, _ = truncated_cg(operator, rhs, inner_rtol * jnp.linalg.norm(rhs), 200, lambda r: jacobi * r)
-        return y
+    def times(m):  # the mask's time slices m (None without bounds)
+        return None if mask is None else mask[m]
 
     def forward(b):
-        y0 = mask[0] * b[0] / s_ic
+        y0 = restrict(times(0), b[0] / s_ic)
 
         def step(y_prev, inputs):
             b_next, react_prev, react_next, m_free = inputs
-            rhs = m_free * (b_next / s + (y_prev / dt + 0.5 * f_prime(react_prev, y_prev)))
+            rhs = restrict(m_free, b_next / s + (y_prev / dt + 0.5 * f_prime(react_prev, y_prev)))
             y = solve_l(react_next, m_free, rhs)
             return y, y
 
-        _, ys = jax.lax.scan(step, y0, (b[1:], reaction[:-1], reaction[1:], mask[1:]))
+        _, ys = jax.lax.scan(step, y0, (b[1:], reaction[:-1], reaction[1:], times(slice(1, None))))
         return jnp.concatenate([y0[None], ys])
 
     def backward(c):
-        w_last = solve_l(reaction[-1], mask[-1], mask[-1] * c[-1]) / s
+        w_last = solve_l(reaction[-1], times(-1), restrict(times(-1), c[-1])) / s
 
         def step(w_next, inputs):
             c_m, react_m, is_first, m_free = inputs
-            rhs = m_free * (c_m + s * (w_next / dt + 0.5 * f_prime(react_m, w_next)))
+            rhs = restrict(m_free, c_m + s * (w_next / dt + 0.5 * f_prime(react_m, w_next)))
             w = jnp.where(is_first, rhs / s_ic, solve_l(react_m, m_free, rhs) / s)
             return w, w
 
         n = grid.shape[0]
         first = jnp.arange(n - 1) == 0
-        _, ws = jax.lax.scan(step, w_last, (c[:-1], reaction[:-1], first, mask[:-1]), reverse=True)
+        _, ws = jax.lax.scan(step, w_last, (c[:-1], reaction[:-1], first, times(slice(None, -1))), reverse=True)
         return jnp.concatenate([ws, w_last[None]])
 
     return forward, backward
