@@ -6,6 +6,8 @@
     bodil demo [--out DIR]
     bodil dataset --out DIR [--size 64 --spacing 2 --train N --val N --test N --seed S --resume]
     bodil train-surrogate --data DIR --out FILE [--epochs E --batch B --width C --resume]
+    bodil dataset-steady --out DIR [--train N --val N --test N --seed S --paper --resume]
+    bodil train-steady --data DIR --out FILE [--epochs E --batch B --loss mae --weight W --width-scale F --resume]
 
 ``ctv`` infers the tumour's growth from a segmentation (NIfTI) and tissue maps and writes the posterior
 CTV ensemble and a report; ``synth`` grows a synthetic patient on the MNI152 anatomy; ``demo`` does both
@@ -181,6 +183,34 @@ def train_surrogate(args) -> int:
     return 0
 
 
+def dataset_steady(args) -> int:
+    from .forward.steady import SteadyDatasetSettings, generate_steady_dataset
+
+    sizes = (16000, 1000, 4000) if args.paper else (args.train, args.val, args.test)
+    settings = SteadyDatasetSettings(n_train=sizes[0], n_val=sizes[1], n_test=sizes[2], seed=args.seed,
+                                     shard_size=args.shard_size)
+    manifest = generate_steady_dataset(args.out, settings, resume=args.resume)
+    print(f"steady dataset {args.out}: {sizes[0]}/{sizes[1]}/{sizes[2]} train/val/test samples on a "
+          f"{settings.size} x {settings.size} lattice; {manifest['wall_s']:.0f} s")
+    return 0
+
+
+def train_steady(args) -> int:
+    from .forward.steady_training import SteadyTrainSettings, train_steady as train
+
+    settings = SteadyTrainSettings(epochs=args.epochs, batch_size=args.batch, learning_rate=args.lr, loss=args.loss,
+                                   weight=args.weight, p1=args.p1, p2=args.p2, dropout=tuple(args.dropout),
+                                   width_scale=args.width_scale, output_norm=not args.no_output_norm,
+                                   rollback=not args.no_rollback, seed=args.seed,
+                                   max_train=args.max_train)
+    model = train(args.data, args.out, settings, resume=args.resume)
+    m = model.info["test_metrics"]
+    print(f"steady surrogate {args.out}: {len(model.info['history'])} epochs ({model.info['rollbacks']} rolled back), "
+          f"test residual mean {m['residual_mean']:.3g}, 99th percentile {m['residual_p99']:.3g}, max "
+          f"{m['residual_max']:.3g}; {model.info['wall_s']:.0f} s")
+    return 0
+
+
 def _size_options(p):
     p.add_argument("--grid", type=int, help="points per axis of the box (default 24; the paper: 64)")
     p.add_argument("--time-points", type=int, help="time nodes (default 12; the paper: 128)")
@@ -260,13 +290,47 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0, help="initialisation and shuffling seed (default 0)")
     p.add_argument("--resume", action="store_true", help="continue from OUT's checkpoint")
 
+    p = sub.add_parser("dataset-steady", help="steady diffusion data for the two-source surrogate "
+                       "(Toledo-Marín et al. 2021)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--train", type=int, default=2000, help="training samples (default 2000)")
+    p.add_argument("--val", type=int, default=200, help="validation samples (default 200)")
+    p.add_argument("--test", type=int, default=200, help="test samples (default 200)")
+    p.add_argument("--paper", action="store_true",
+                   help="the paper's 20000 samples (16000 train, 4000 test) and 1000 for validation")
+    p.add_argument("--shard-size", type=int, default=100, help="samples per file (default 100)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted dataset in OUT")
+
+    p = sub.add_parser("train-steady", help="train the steady diffusion surrogate (NN1 + NN2)")
+    p.add_argument("--data", required=True, help="dataset folder (bodil dataset-steady)")
+    p.add_argument("--out", required=True, help="weights file to write (.eqx); checkpoints go to OUT.checkpoints")
+    p.add_argument("--epochs", type=int, default=50, help="epochs (default 50; the paper: 800)")
+    p.add_argument("--batch", type=int, default=16, help="batch size (default 16)")
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
+    p.add_argument("--loss", choices=["mae", "mse"], default="mae", help="eq. 1 exponent 1 or 2 (default mae)")
+    p.add_argument("--weight", type=float, default=100.0, help="w of the exponential weight (default 100)")
+    p.add_argument("--p1", type=float, default=1.0, help="weight of NN1 (0: off; default 1)")
+    p.add_argument("--p2", type=float, default=1.0, help="weight of NN2 (0: off; default 1)")
+    p.add_argument("--dropout", type=float, nargs=4, default=[0.4, 0.4, 0.1, 0.1], metavar=("D1", "D2", "D3", "D4"),
+                   help="dropout rates (default 0.4 0.4 0.1 0.1, the paper's model 9)")
+    p.add_argument("--width-scale", type=float, default=1.0,
+                   help="multiply NN2's channels (default 1: 64 ... 2048; 0.125 for CPU training)")
+    p.add_argument("--no-output-norm", action="store_true",
+                   help="leave out the batch norm after each network's last layer (Table 1 has it)")
+    p.add_argument("--no-rollback", action="store_true", help="accept every epoch")
+    p.add_argument("--max-train", type=int, help="use only the first N training samples")
+    p.add_argument("--seed", type=int, default=0, help="initialisation, shuffling and dropout seed (default 0)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT.checkpoints")
+
     args = parser.parse_args(argv)
     from .io import InputError
 
     _show_progress_messages()
     try:
         return {"ctv": ctv, "synth": synth, "demo": demo, "dataset": dataset,
-                "train-surrogate": train_surrogate}[args.command](args)
+                "train-surrogate": train_surrogate, "dataset-steady": dataset_steady,
+                "train-steady": train_steady}[args.command](args)
     except InputError as err:
         print(f"bodil {args.command}: error: {err}", file=sys.stderr)
         return 2

@@ -33,22 +33,19 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import math
-import os
-import time
 from collections.abc import Sequence
 
 import numpy as np
 
 from .. import _checks
-from ..io import InputError, write_json
-from ..progress import ProgressMeter, as_meter
+from ..io import InputError
+from ..progress import ProgressMeter
 from ..residuals.initial import SEED_CUTOFF, SEED_DT2, SEED_MASS
 from ..stencil import TISSUE_THRESHOLD
 from .fk import MAX_RHO_DT, SAFETY, fk_initial_condition, solve_fk
-from .storage import (FORMAT, SPLITS, Split, file_sha256, load_manifest, load_split, settings_record, shard_name,
-                      split_sizes, write_shard)
+from .storage import (FORMAT, SPLITS, Split, load_manifest, load_split, settings_record, shard_arrays, shard_plan,
+                      split_sizes, write_sharded)
 
 THETA_NAMES = ("x", "y", "z", "mu_d", "mu_rho")
 """Names of the surrogate parameters, in order."""
@@ -177,16 +174,6 @@ class DatasetSettings(FKSettings):
                 "mu_rho": self.mu_rho}
 
 
-def _shard_names(settings: DatasetSettings) -> list[tuple[str, int, int]]:
-    """``(split, shard index, samples)`` for every shard of the dataset."""
-    out = []
-    for split in SPLITS:
-        n = settings.split_size(split)
-        for i in range(math.ceil(n / settings.shard_size)):
-            out.append((split, i, min(settings.shard_size, n - i * settings.shard_size)))
-    return out
-
-
 def _rng(settings: DatasetSettings, split: str, shard: int) -> np.random.Generator:
     return np.random.default_rng([settings.seed, SPLITS.index(split), shard])
 
@@ -269,46 +256,12 @@ def _origin_candidates(wm: np.ndarray, settings: DatasetSettings) -> np.ndarray:
     return candidates
 
 
-def _open_manifest(out, wm, gm, settings: DatasetSettings, anatomy: str, resume: bool) -> dict:
-    """A new manifest for the dataset, or the one in ``out`` when resuming (it must describe the same
-    dataset)."""
-    header = {"format": FORMAT, "settings": settings_record(settings), "anatomy": anatomy,
-              "tissue_sha256": hashlib.sha256(wm.tobytes() + gm.tobytes()).hexdigest(),
-              "volume_shape": list(wm.shape), "theta_names": list(THETA_NAMES), "theta_units": list(THETA_UNITS),
-              "theta_ranges": {k: list(v) for k, v in settings.theta_ranges().items()}}
-    path = os.path.join(out, "manifest.json")
-    if not os.path.exists(path):
-        return dict(header, shards={}, rejections={}, wall_s=0.0, complete=False)
-    if not resume:
-        raise InputError(f"generate_dataset: {out} already holds a dataset; pass resume=True (bodil dataset "
-                         f"--resume) to continue it, or choose another folder.")
-    with open(path, encoding="utf-8") as f:
-        old = json.load(f)
-    for key in header:
-        if old.get(key) != header[key]:
-            raise InputError(f"generate_dataset: the dataset in {out} was made with a different {key!r}; "
-                             f"resume it with the same settings and anatomy, or choose another folder.")
-    return old
-
-
-def _missing_shards(out, settings: DatasetSettings, manifest: dict) -> list[tuple[str, int, int]]:
-    """``(split, index, samples)`` of the shards not yet on disk with the SHA-256 the manifest records."""
-    todo = []
-    for split, index, count in _shard_names(settings):
-        entry = manifest["shards"].get(shard_name(split, index))
-        file = os.path.join(out, shard_name(split, index))
-        if not (entry and os.path.exists(file) and file_sha256(file) == entry["sha256"]):
-            todo.append((split, index, count))
-    return todo
-
-
-def _record_shard(manifest: dict, split: str, index: int, count: int, sha: str, stats: dict, wall_s: float):
-    """Enter a written shard, its draw counts and its time into the manifest."""
-    manifest["shards"][shard_name(split, index)] = {"split": split, "index": index, "samples": count, "sha256": sha,
-                                                    "draws": stats}
-    for k, v in stats.items():
-        manifest["rejections"][k] = manifest["rejections"].get(k, 0) + v
-    manifest["wall_s"] = float(manifest["wall_s"]) + wall_s
+def _header(wm, gm, settings: DatasetSettings, anatomy: str) -> dict:
+    """What the manifest records about the dataset (a resumed run must match it)."""
+    return {"format": FORMAT, "settings": settings_record(settings), "anatomy": anatomy,
+            "tissue_sha256": hashlib.sha256(wm.tobytes() + gm.tobytes()).hexdigest(),
+            "volume_shape": list(wm.shape), "theta_names": list(THETA_NAMES), "theta_units": list(THETA_UNITS),
+            "theta_ranges": {k: list(v) for k, v in settings.theta_ranges().items()}}
 
 
 def generate_dataset(out, wm, gm, settings: DatasetSettings = DatasetSettings(), *, anatomy: str = "",
@@ -334,25 +287,17 @@ def generate_dataset(out, wm, gm, settings: DatasetSettings = DatasetSettings(),
     """
     wm, gm = _check_volume(wm, gm)
     candidates = _origin_candidates(wm, settings)
-    os.makedirs(out, exist_ok=True)
-    path = os.path.join(out, "manifest.json")
-    manifest = _open_manifest(out, wm, gm, settings, anatomy, resume)
-    todo = _missing_shards(out, settings, manifest)
-    with as_meter(progress).session("FK dataset", total=sum(count for _, _, count in todo), unit="sample") as bar:
-        for split, index, count in todo:
-            t0 = time.perf_counter()
-            rng = _rng(settings, split, index)
-            stats: dict = {}
-            samples = []
-            for _ in range(count):
-                samples.append(draw_sample(wm, gm, settings, rng, candidates, stats))
-                bar.step()
-            sha = write_shard(os.path.join(out, shard_name(split, index)), samples)
-            _record_shard(manifest, split, index, count, sha, stats, time.perf_counter() - t0)
-            write_json(path, manifest)
-    manifest["complete"] = True
-    write_json(path, manifest)
-    return manifest
+
+    def make_shard(split, index, count, step):
+        rng, stats, samples = _rng(settings, split, index), {}, []
+        for _ in range(count):
+            samples.append(draw_sample(wm, gm, settings, rng, candidates, stats))
+            step()
+        return shard_arrays(samples), stats
+
+    plan = shard_plan({s: settings.split_size(s) for s in SPLITS}, settings.shard_size)
+    return write_sharded(out, _header(wm, gm, settings, anatomy), plan, make_shard, resume=resume,
+                         progress=progress, desc="FK dataset")
 
 
 __all__: Sequence[str] = ["DatasetSettings", "FKSettings", "SPLITS", "Split", "THETA_NAMES", "THETA_UNITS",

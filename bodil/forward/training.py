@@ -143,7 +143,7 @@ def _compile(run: _Run, optimiser):
     return step, eqx.filter_jit(predict)
 
 
-def _restore(ckpt: str, resume: bool, fingerprint: dict, state):
+def restore_checkpoint(ckpt: str, resume: bool, fingerprint: dict, state):
     """``(state, history)`` from the checkpoint ``ckpt`` when it exists (``resume`` must be set and the
     fingerprint must match), else ``(state, [])``."""
     if not os.path.exists(ckpt):
@@ -158,7 +158,9 @@ def _restore(ckpt: str, resume: bool, fingerprint: dict, state):
     return state, saved["history"]
 
 
-def _write_checkpoint(ckpt: str, fingerprint: dict, history: list[dict], state) -> None:
+def write_checkpoint(ckpt: str, fingerprint: dict, history: list[dict], state) -> None:
+    """Write ``state`` (a pytree) atomically to ``ckpt``: a JSON line with ``fingerprint`` and ``history``, then
+    ``equinox.tree_serialise_leaves`` (``restore_checkpoint`` reads it)."""
     with atomic_path(ckpt, ".checkpoint") as tmp, open(tmp, "wb") as f:
         f.write((json.dumps({"fingerprint": fingerprint, "history": history}) + "\n").encode())
         eqx.tree_serialise_leaves(f, state)
@@ -234,7 +236,7 @@ def train_surrogate(data, out, settings: TrainSettings = TrainSettings(), *, res
     optimiser = optax.adam(schedule)
     network = build(run.arch, _checks.as_key("train_surrogate", settings.seed))
     ckpt = os.fspath(out) + ".checkpoint"
-    state, history = _restore(ckpt, resume, run.fingerprint,
+    state, history = restore_checkpoint(ckpt, resume, run.fingerprint,
                               (network, optimiser.init(eqx.filter(network, eqx.is_array))))
     step, evaluate = _compile(run, optimiser)
     with meter.session(f"training ({settings.kind})", total=settings.epochs, unit="epoch",
@@ -245,7 +247,7 @@ def train_surrogate(data, out, settings: TrainSettings = TrainSettings(), *, res
             row = {"epoch": epoch + 1, "train_loss": loss, **_validate(evaluate, state[0], run, settings.batch_size)}
             row["wall_s"] = time.perf_counter() - t0
             history.append(row)
-            _write_checkpoint(ckpt, run.fingerprint, history, state)
+            write_checkpoint(ckpt, run.fingerprint, history, state)
             bar.step(train_loss=row["train_loss"], val_mse=row["val_mse"])
     run.model(state[0], _info(run, history)).save(out)
     if os.path.exists(ckpt):
@@ -253,4 +255,4 @@ def train_surrogate(data, out, settings: TrainSettings = TrainSettings(), *, res
     return history
 
 
-__all__: Sequence[str] = ["TrainSettings", "train_surrogate"]
+__all__: Sequence[str] = ["TrainSettings", "restore_checkpoint", "train_surrogate", "write_checkpoint"]
