@@ -222,8 +222,8 @@ def _size_options(p):
                         "default), 'odil' (an inner ODIL solve, the finite-lambda mode approximation) or "
                         "'surrogate' (the shipped neural surrogate in place of the FK run)")
     p.add_argument("--init", choices=["forward", "surrogate"],
-                   help="start of the MAP: 'forward' (Nelder-Mead on FK runs; default) or 'surrogate' (L-BFGS "
-                        "through the neural surrogate)")
+                   help="start of the MAP's forward fit (Nelder-Mead on FK runs): 'forward' (from the "
+                        "segmentation's geometry; default) or 'surrogate' (an L-BFGS fit through the neural surrogate)")
     p.add_argument("--inner-iterations", type=int, help="Gauss-Newton iterations per inner solve (default 6)")
     p.add_argument("--error-correlation", type=float, metavar="MM",
                    help="distance in mm over which segmentation and model errors are correlated: the posterior "

@@ -180,3 +180,18 @@ def test_slices_follow_the_affine():
     assert np.array_equal(axial.take(vol), vol[:, :, 4].T)
     assert axial.extent == pytest.approx([-6.0, 6.0, 6.5, 13.5])
     assert axial.position_mm == pytest.approx(14.0)
+
+
+def test_report_states_which_parameters_were_fixed_fitted_and_sampled():
+    """The assumptions page says what the run did: thresholds fixed at their values are never called
+    inferred, MAP-only parameters are named as not part of the spread, sampled ones as part of it."""
+    from bodil.tumor.report_content import run_assumptions
+
+    text = " ".join(run_assumptions({"ratio": 10.0, "tau_lo": 0.25, "tau_up": 0.675}, ("Dw", "rho", "x0", "y0", "z0"),
+                                    ("x0", "y0", "z0")))
+    assert "inferred" not in text.replace("not inferred", "")
+    assert "the edema threshold = 0.25" in text and "the diffusivity ratio Dw/Dg = 10" in text
+    assert "held at that best fit in the ensemble: the white-matter diffusivity Dw, the proliferation rate rho" in text
+    assert "Sampled in the posterior (their uncertainty is in the CTV ensemble): the initial position." in text
+    sampled = " ".join(run_assumptions({}, ("Dw", "x0"), ("Dw", "x0")))
+    assert "Fixed" not in sampled and "held at" not in sampled

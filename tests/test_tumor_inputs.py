@@ -256,6 +256,26 @@ def test_crop_reproduces_linear_fields_exactly_on_an_odd_affine():
     assert inside.sum() == np.prod([s.stop - s.start for s in window])
 
 
+def test_box_holds_the_largest_margin_around_the_core():
+    """A core at one end of an elongated tumour: the box centred on the tumour must reach the margin around
+    the core; every voxel within the margin of the core (Euclidean, with the voxel spacing) lies inside it."""
+    from bodil.tumor.box import side_to_contain
+
+    shape, spacing = (60, 50, 40), (1.0, 1.5, 2.0)
+    affine = np.diag([*spacing, 1.0])
+    tumour = np.zeros(shape, bool)
+    tumour[10:30, 20:26, 15:19] = True
+    core = np.zeros(shape, bool)
+    core[26:30, 22:24, 16:18] = True
+    side = side_to_contain(tumour, core, affine, 20.0)
+    crop = crop_around(tumour, affine, scale=1.5, n=16, min_side_mm=side)
+    near = ndimage.distance_transform_edt(~core, sampling=spacing) <= 20.0
+    idx = np.argwhere(near)
+    b = crop.voxel_to_box(idx)  # mm from the box corner
+    assert np.all((b >= -1e-9) & (b <= crop.side_mm + 1e-9))
+    assert side < 2 * (20.0 + 20.0)  # not a blanket bound: the core's reach from the centre plus the margin
+
+
 def test_crop_matches_scipy_map_coordinates():
     rng = np.random.default_rng(3)
     shape = (14, 11, 9)

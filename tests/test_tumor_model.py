@@ -63,7 +63,9 @@ def test_no_tumour_grows_outside_tissue():
 def test_forward_fit_recovers_the_origin_and_growth():
     model, _ = synthetic(n=16, nt=12, infer=("Dw", "rho", "x0", "y0", "z0"))
     guess = initial_guess(model)
-    fit = fit_forward(model, guess)
+    result = fit_forward(model, guess)
+    assert result.converged, result.message
+    fit = result.theta
     err = np.linalg.norm([fit[c] - TRUTH[c] for c in ORIGIN])
     assert err < model.spacing  # within one grid spacing (3.75 mm)
     assert np.linalg.norm([guess[c] - TRUTH[c] for c in ORIGIN]) > err  # the fit improved on the centroid

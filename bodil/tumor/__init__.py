@@ -4,6 +4,8 @@ GliODIL posterior (Amoudruz et al. 2025, sec. 3.4).
 * ``anatomy``: tissue fractions from NIfTI or the MNI152 atlas; ``box``: cubic boxes (``Crop``) and resampling.
 * ``segmentation``: label conventions (BraTS 2021 / 2023 / custom) -> the tumour classes of the likelihood.
 * ``synthetic``: a Fisher-Kolmogorov tumour grown in an anatomy, with its segmentation and ground truth.
+* ``cohort``: validation patients that are not an inverse crime (another solver, initial condition,
+  thresholds, tissue ratio, segmentation noise, label conventions and voxel spacings than the model's).
 * ``model``: the GliODIL posterior (eq. 26-32) on the box around the tumour.
 * ``ctv``: standard CTVs, equal-volume model CTVs, surface distances and overlap; ``ensemble``: the posterior
   ensemble of model CTVs and its spread.
@@ -12,7 +14,7 @@ GliODIL posterior (Amoudruz et al. 2025, sec. 3.4).
   (what ``bodil ctv`` runs); ``checkpoint``: resuming an interrupted run.
 """
 
-from . import anatomy, box, ctv, ensemble, model, pipeline, report, segmentation, settings, synthetic
+from . import anatomy, box, cohort, ctv, ensemble, model, pipeline, report, segmentation, settings, synthetic
 from .anatomy import Anatomy, load_tissue, load_tissue_labels, mni152, resample_isotropic
 from .box import Crop, crop_around
 from .segmentation import (LABEL_CONVENTIONS, LabelConvention, Segmentation, classes_from_labels,

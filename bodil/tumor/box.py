@@ -223,6 +223,19 @@ class Crop:
         return out
 
 
+def side_to_contain(mask: np.ndarray, inner: np.ndarray, affine, margin_mm: float) -> float:
+    """The side (mm) of the cube centred like ``crop_around(mask, ...)`` that contains every voxel of ``inner``
+    (whole voxels) grown by ``margin_mm``: for the largest margin's CTV around the core."""
+    s = np.asarray(voxel_spacing(check_orthogonal(affine, "side_to_contain")))
+    idx = np.argwhere(np.asarray(mask, bool))
+    centre = 0.5 * (idx.min(axis=0) + idx.max(axis=0))
+    core = np.argwhere(np.asarray(inner, bool))
+    if core.size == 0:
+        return 0.0
+    reach = np.maximum(np.abs(core.min(axis=0) - 0.5 - centre), np.abs(core.max(axis=0) + 0.5 - centre)) * s
+    return float(2.0 * (np.max(reach) + margin_mm))
+
+
 def crop_around(mask: np.ndarray, affine, *, scale: float = 1.5, n: int = 32,
                 min_side_mm: float | None = None) -> Crop:
     """A cube centred on the bounding box of ``mask``, ``scale`` times its largest extent.
@@ -260,4 +273,4 @@ def crop_around(mask: np.ndarray, affine, *, scale: float = 1.5, n: int = 32,
     return Crop(n=int(n), input_shape=m.shape, input_affine=a, start=tuple(start), side_mm=side)
 
 
-__all__ = ["Crop", "check_orthogonal", "crop_around"]
+__all__ = ["Crop", "check_orthogonal", "crop_around", "side_to_contain"]

@@ -30,7 +30,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -259,13 +259,31 @@ def initial_guess(model: TumorModel) -> dict:
     return out
 
 
-def fit_forward(model: TumorModel, theta0: dict, *, max_evaluations: int = 300) -> dict:
-    """Fit the inferred parameters with the forward solver alone: maximise
-    ``log p(D | u_FK(theta)(T), theta) + log p(theta)`` by Nelder-Mead in unconstrained coordinates.
+class ForwardFit(NamedTuple):
+    """What ``fit_forward`` found: the parameters, whether Nelder-Mead met its tolerances, its message, the
+    number of forward runs and the objective ``-log p(D | u_FK(theta)(T), theta) - log p(theta)`` reached."""
 
-    Each evaluation is one explicit Fisher-Kolmogorov run (``TumorModel.forward``, a fraction of a second
-    on a laptop), so a few hundred are affordable; the result is the starting point of the ODIL MAP, whose
-    Newton steps need a start inside the basin of the optimum.
+    theta: dict
+    converged: bool
+    message: str
+    evaluations: int
+    loss: float
+
+
+def fit_forward(model: TumorModel, theta0: dict, *, max_evaluations: int | None = None, xatol: float = 1e-3,
+                fatol: float = 1e-3) -> ForwardFit:
+    """The MAP of the forward limit: maximise ``log p(D | u_FK(theta)(T), theta) + log p(theta)`` over the inferred
+    parameters by Nelder-Mead in unconstrained coordinates.
+
+    Each evaluation is one explicit Fisher-Kolmogorov run (``TumorModel.forward``, a fraction of a second on a
+    laptop). Converged means the simplex is smaller than ``xatol`` (unconstrained units, about a 0.1% relative
+    change of a log-scaled parameter) and its objective values differ by less than ``fatol``.
+
+    Args:
+        model: the tumour model.
+        theta0: starting values of the inferred parameters.
+        max_evaluations: forward runs allowed (default ``400`` per inferred parameter).
+        xatol, fatol: Nelder-Mead's tolerances.
     """
     import scipy.optimize
 
@@ -281,11 +299,13 @@ def fit_forward(model: TumorModel, theta0: dict, *, max_evaluations: int = 300) 
         value = -model.final_log_likelihood(u_final, full) - float(params.log_prob(theta))
         return value if np.isfinite(value) else 1e300
 
+    budget = 400 * len(names) if max_evaluations is None else int(max_evaluations)
     res = scipy.optimize.minimize(objective, w0, method="Nelder-Mead",
-                                  options={"maxfev": max_evaluations, "xatol": 1e-3, "fatol": 1e-3,
+                                  options={"maxfev": budget, "xatol": xatol, "fatol": fatol,
                                            "initial_simplex": w0 + np.vstack([np.zeros(len(w0)), 0.3 * np.eye(len(w0))])})
     theta = params.constrain({k: jnp.asarray(v) for k, v in zip(names, res.x)})
-    return {k: float(v) for k, v in theta.items()}
+    return ForwardFit({k: float(v) for k, v in theta.items()}, bool(res.success), str(res.message), int(res.nfev),
+                      float(res.fun))
 
 
 class ForwardLikelihood:

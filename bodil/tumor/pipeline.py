@@ -6,9 +6,11 @@ when it starts:
 1. inputs: the segmentation's classes (0 healthy, 1 edema, 2 core) and the tissue maps, checked to share one
    grid and affine;
 2. box: a cube ``box_scale`` (1.5) times the tumour's largest extent, resampled to ``grid^3`` points;
-3. MAP: a forward fit of ``(Dw, rho, x0, y0, z0)`` (Nelder-Mead on explicit Fisher-Kolmogorov runs),
-   then the GliODIL posterior (``bodil.tumor.model``) maximised jointly over the field and those parameters
-   by Gauss-Newton (ODIL) from the forward solution;
+3. MAP: the mode of the forward limit, ``max_theta log p(D | u_FK(theta)(T), theta) + log p(theta)`` over
+   ``(Dw, rho, x0, y0, z0)`` (Nelder-Mead on explicit Fisher-Kolmogorov runs, to its tolerance), whose field is
+   the explicit solution (in ``[0, 1]``). Optionally (``CTVSettings.map_iterations``; by default with
+   ``inner="odil"``) ODIL refines it: the GliODIL posterior (``bodil.tumor.model``) maximised jointly over the
+   field and the parameters by Gauss-Newton from the forward fit, kept only when it converges;
 4. posterior: BASIS (``beta = 0.7``, ``gamma = 1.5``, ``l_max = 3``; not Amoudruz et al.'s (2025) ``beta = 0.2``,
    ``l_max = 1``, see ``CTVSettings``) on the mode approximation of ``p(x0, y0, z0 | D)`` with the other
    parameters at their MAP values (by default its
@@ -37,6 +39,7 @@ import numpy as np
 from ..io import InputError, Volume, atomic_directory, check_same_grid, remove_stale_temporaries, write_json
 from ..progress import ProgressMeter
 from .anatomy import Anatomy, crop_around
+from .box import side_to_contain
 from .checkpoint import check_checkpoint, fingerprint
 from .model import ForwardLikelihood, fit_forward, initial_guess, tumor_model
 from .products import posterior_ctvs, report_content, summarise, write_products
@@ -137,12 +140,25 @@ def run_ctv(segmentation: Segmentation | str, anatomy: Anatomy, out, *, labels="
 
 @dataclasses.dataclass
 class MapFit:
-    """The box, the model and its MAP: what ``fit_map`` found and ``sample_posterior`` starts from."""
+    """The box, the model and its MAP: what ``fit_map`` found and ``sample_posterior`` starts from.
+
+    Attributes:
+        crop: the box (``bodil.tumor.Crop``).
+        model: the ``TumorModel`` on it.
+        theta: the MAP parameters (all of them, the fixed ones included).
+        field: the MAP concentration at every time node of the box, in ``[0, 1]``.
+        status: how the MAP was found (``method``, ``converged``, ``message``, ``evaluations``, ``loss``) and
+            ``odil``: the ODIL refinement's outcome (``None`` when it did not run).
+        fit: the ODIL refinement's ``MAPResult`` (``None`` when it did not run).
+        surrogate_box: the neural surrogate placed on the patient, when used.
+    """
 
     crop: Any
     model: Any
-    fit: Any
     theta: dict
+    field: Any = None
+    status: dict = dataclasses.field(default_factory=dict)
+    fit: Any = None
     surrogate_box: Any = None
 
 
@@ -158,8 +174,10 @@ def fit_map(seg: Segmentation, anatomy: Anatomy, s: CTVSettings, progress: bool 
     """Stages 2-3: the box around the tumour, the GliODIL model on it, and its MAP."""
     from ..optimize import map_estimate
 
-    log.info(f"box: {s.box_scale} x the tumour, {s.grid}^3 points x {s.time_points} time nodes")
-    crop = crop_around(seg.tumor, seg.affine, scale=s.box_scale, n=s.grid)
+    contain = side_to_contain(seg.tumor, seg.core, seg.affine, max(s.margins_mm)) + 2 * max(anatomy.spacing)
+    crop = crop_around(seg.tumor, seg.affine, scale=s.box_scale, n=s.grid, min_side_mm=contain)
+    log.info(f"box: {crop.side_mm:.0f} mm ({s.box_scale} x the tumour, at least the largest margin's CTV around the "
+             f"core), {s.grid}^3 points x {s.time_points} time nodes")
     box = anatomy.crop(crop)
     classes_box = np.rint(crop.to_box(seg.classes.astype(float), order=0)).astype(np.int8)
     model = tumor_model(box.wm, box.gm, classes_box, crop.side_mm, nt=s.time_points, t_final=s.t_final,
@@ -173,22 +191,36 @@ def fit_map(seg: Segmentation, anatomy: Anatomy, s: CTVSettings, progress: bool 
 
         sbox = surrogate_box(model, pretrained("forward"), anatomy, seg.tumor, crop)
 
+    start = initial_guess(model)
     if s.initializer == "surrogate":
         from .surrogate import fit_surrogate
 
-        log.info("MAP: gradient-based fit through the neural surrogate (L-BFGS-B), then ODIL (joint "
-                 "Gauss-Newton)")
-        theta_fk = fit_surrogate(model, sbox, initial_guess(model))
-    else:
-        log.info("MAP: forward Fisher-Kolmogorov fit (Nelder-Mead), then ODIL (joint Gauss-Newton)")
-        theta_fk = fit_forward(model, initial_guess(model))
-    theta0 = {k: jnp.asarray(v) for k, v in theta_fk.items()}
-    fit = map_estimate(model.posterior, model.discrete_forward(theta0), theta0, strategy="joint",
-                       max_iter=s.map_iterations,
-                       ftol=s.inner_ftol, progress=progress, throw=False)  # unconverged: noted in the summary
-    theta_map = {**model.posterior.params.fixed, **{k: float(v) for k, v in fit.theta.items()}}
-    log.info(f"MAP: {fit.report.message}; " + ", ".join(f"{k} = {v:.4g}" for k, v in theta_map.items()))
-    return MapFit(crop, model, fit, theta_map, sbox)
+        log.info("MAP start: gradient-based fit through the neural surrogate (L-BFGS-B)")
+        start = fit_surrogate(model, sbox, start)
+    log.info("MAP: forward Fisher-Kolmogorov fit (Nelder-Mead on explicit runs)")
+    forward = fit_forward(model, start)
+    theta_map = {**model.posterior.params.fixed, **forward.theta}
+    field = model.forward(theta_map, dtype=jnp.float64)
+    status = {"method": "forward fit (Nelder-Mead on explicit Fisher-Kolmogorov runs)",
+              "converged": forward.converged, "message": forward.message, "evaluations": forward.evaluations,
+              "loss": forward.loss, "odil": None}
+    log.info(f"MAP (forward fit): {forward.message} after {forward.evaluations} runs; "
+             + ", ".join(f"{k} = {v:.4g}" for k, v in theta_map.items()))
+    fit = None
+    if s.odil_map_iterations:
+        theta0 = {k: jnp.asarray(v) for k, v in forward.theta.items()}
+        fit = map_estimate(model.posterior, model.discrete_forward(theta0), theta0, strategy="joint",
+                           max_iter=s.odil_map_iterations, ftol=s.inner_ftol, progress=progress, throw=False)
+        status["odil"] = {"converged": bool(fit.report.converged), "message": fit.report.message,
+                          "loss": float(fit.report.loss), "iterations": int(fit.report.iterations)}
+        if fit.report.converged:  # the mode of the finite-lambda_PDE posterior replaces the forward limit's
+            theta_map = {**model.posterior.params.fixed, **{k: float(v) for k, v in fit.theta.items()}}
+            field = jnp.clip(fit.u, 0.0, 1.0)
+            status.update(method="ODIL (joint Gauss-Newton from the forward fit)", converged=True,
+                          message=fit.report.message)
+        log.info(f"ODIL refinement: {fit.report.message}"
+                 + ("" if fit.report.converged else "; the MAP stays the forward fit"))
+    return MapFit(crop, model, theta_map, field, status, fit, sbox)
 
 
 def sample_posterior(mf: MapFit, s: CTVSettings, progress: bool | ProgressMeter = False, checkpoint: str | None = None,
@@ -207,7 +239,7 @@ def sample_posterior(mf: MapFit, s: CTVSettings, progress: bool | ProgressMeter 
     post_model = mf.model.with_fixed(mf.theta, infer=s.posterior_parameters)
     theta_start = {k: jnp.asarray(mf.theta[k]) for k in s.posterior_parameters}
     if s.inner == "odil":
-        mode = ModeApproximation(post_model.posterior, (mf.fit.u, theta_start), ftol=s.inner_ftol,
+        mode = ModeApproximation(post_model.posterior, (mf.field, theta_start), ftol=s.inner_ftol,
                                  max_iter=s.inner_iterations, cg_maxiter=s.inner_cg_iterations,
                                  damping=s.inner_damping, adaptive_damping=True,
                                  on_failure="lower-bound", cache_size=max(32, 2 * s.num_samples),

@@ -19,6 +19,7 @@ from ..progress import ProgressMeter, as_meter
 from .ensemble import CTVEnsemble, ctv_ensemble
 from .model import ORIGIN, UNITS
 from .report import ReportContent
+from .report_content import run_assumptions
 
 
 @dataclasses.dataclass
@@ -79,7 +80,7 @@ def posterior_ctvs(seg, anatomy, s, mf, idata, progress: bool | ProgressMeter = 
             sq[...] += v * v
             yield v
 
-    u_map = crop.to_input(np.asarray(mf.fit.u[-1]))
+    u_map = np.clip(crop.to_input(np.asarray(mf.field[-1])), 0.0, 1.0)
     ens = ctv_ensemble(stream(), seg.core, anatomy.brain | seg.tumor, anatomy.spacing, margins_mm=s.margins_mm,
                        map_concentration=u_map, seed=s.seed)
     n = fields.shape[0]
@@ -117,7 +118,7 @@ def write_products(tmp: str, seg, s, mf, idata, ctvs: PosteriorCTVs) -> dict:
 def summarise(seg, anatomy, s, mf, idata, ctvs: PosteriorCTVs, inner: dict, patient_id: str, inputs: dict,
               truth) -> dict:
     """The content of ``summary.json``, its ``notes`` included (what the reader must know first)."""
-    crop, fit, theta_map, sbox = mf.crop, mf.fit, mf.theta, mf.surrogate_box
+    crop, status, theta_map, sbox = mf.crop, mf.status, mf.theta, mf.surrogate_box
     voxel_cm3 = float(np.prod(anatomy.spacing)) / 1e3
     origin_world = ctvs.origin_world
     summary = {
@@ -129,9 +130,7 @@ def summarise(seg, anatomy, s, mf, idata, ctvs: PosteriorCTVs, inner: dict, pati
         "settings": dataclasses.asdict(s),
         "box": {"side_mm": crop.side_mm, "spacing_mm": crop.spacing_mm, "affine": np.asarray(crop.affine).tolist()},
         "volumes_cm3": {"core": float(seg.core.sum() * voxel_cm3), "edema": float(seg.edema.sum() * voxel_cm3)},
-        "map": {"theta": theta_map, "origin_world_mm": ctvs.map_origin_world.tolist(),
-                "converged": bool(fit.report.converged), "message": fit.report.message,
-                "loss": float(fit.report.loss), "wall_time_s": float(fit.report.wall_time)},
+        "map": {"theta": theta_map, "origin_world_mm": ctvs.map_origin_world.tolist(), **status},
         "posterior": {
             "parameters": list(s.posterior_parameters),
             "origin_world_mm": {c: quantiles(origin_world[:, i]) for i, c in enumerate("xyz")},
@@ -144,8 +143,9 @@ def summarise(seg, anatomy, s, mf, idata, ctvs: PosteriorCTVs, inner: dict, pati
         "truth": truth or {},
     }
     notes = []
-    if not fit.report.converged:
-        notes.append(f"The MAP solve did not reach its tolerance ({fit.report.message}); results may be off.")
+    if not status["converged"]:
+        notes.append(f"The MAP solve ({status['method']}) did not reach its tolerance ({status['message']}); the "
+                     f"MAP concentration and MAP model CTVs come from an unconverged fit.")
     final = final_particles_converged(idata)
     summary["posterior"]["final_samples_converged"] = final
     if final < 1.0:
@@ -184,6 +184,8 @@ def report_content(seg, anatomy, s, mf, idata, ctvs: PosteriorCTVs, summary: dic
         "grid": f"{s.grid}^3 x {s.time_points} (box side {mf.crop.side_mm:.1f} mm, {mf.crop.spacing_mm:.2f} mm)",
         "samples": s.num_samples, "seed": s.seed, "labels": seg.convention.name, "T (days)": s.t_final,
         "likelihood": s.likelihood,
+        "MAP": (f"{mf.status['method']}, " + ("converged" if mf.status["converged"] else "NOT converged")
+                + f" ({mf.status['message']})"),
         "likelihood weight": (f"{idata.attrs['likelihood_weight']:.3g} (errors correlated over "
                               f"{s.error_correlation_mm:g} mm)" if s.error_correlation_mm else "1 (untempered)"),
         **{f"input {k}": v for k, v in inputs.items()},
@@ -194,4 +196,5 @@ def report_content(seg, anatomy, s, mf, idata, ctvs: PosteriorCTVs, summary: dic
     return ReportContent.from_ensemble(
         ctvs.ensemble, patient_id=patient_id, run=run, tissue=anatomy.tissue, classes=seg.classes,
         affine=seg.affine, origin_samples=ctvs.origin_world, parameters=_parameter_rows(mf.model, mf.theta, ctvs),
-        notes=summary["notes"], origin_truth=origin_truth, origin_map=ctvs.map_origin_world)
+        notes=summary["notes"], origin_truth=origin_truth, origin_map=ctvs.map_origin_world,
+        assumptions=run_assumptions(mf.model.posterior.params.fixed, s.map_parameters, s.posterior_parameters))

@@ -66,7 +66,7 @@ def _html(content: ReportContent, written: str, images: list[tuple[str, str]]) -
     for title, data in images:
         parts.append(f"<h2>{e(title)}</h2>")
         parts.append(f'<img alt="{e(title)}" src="data:image/png;base64,{data}">')
-    for head, paragraphs in (("What the uncertainty means", MEANING), ("What the model assumes", ASSUMPTIONS),
+    for head, paragraphs in (("What the uncertainty means", MEANING), ("What the model assumes", content.assumptions),
                              ("Notes from the run", tuple(content.notes) or ("(none)",)),
                              ("References", REFERENCES)):
         parts.append(f"<h2>{e(head)}</h2><ul>" + "".join(f"<li>{e(p)}</li>" for p in paragraphs) + "</ul>")

@@ -54,14 +54,43 @@ MEANING = (
 ASSUMPTIONS = (
     "Tumour cells spread by Fisher-Kolmogorov growth: diffusion through brain tissue plus logistic "
     "proliferation.",
-    "The diffusivity is constant within white matter (Dw) and within grey matter (Dg), with the ratio "
-    "Dw/Dg fixed or inferred (see the parameters); there is no flux into cerebrospinal fluid or out of the brain.",
+    "The diffusivity is constant within white matter (Dw) and within grey matter (Dg); there is no flux into "
+    "cerebrospinal fluid or out of the brain.",
     "The tumour started from a single focus: a small Gaussian seed at an unknown initial position.",
-    "Visible edema (FLAIR) and the core (T1c) are the regions where the concentration exceeds two "
-    "thresholds, inferred with the other parameters.",
+    "Visible edema (FLAIR) and the core (T1c) are the regions where the concentration exceeds two thresholds.",
     "The segmentation is correct; the tumour has a single focus; no treatment effects (surgery, "
     "radiotherapy, chemotherapy) and no mass effect (tissue is not displaced by the tumour).",
 )
+"""What every run assumes; ``run_assumptions`` adds what a run fixed, fitted and sampled."""
+
+_WORDS = {"Dw": "the white-matter diffusivity Dw", "rho": "the proliferation rate rho",
+          "ratio": "the diffusivity ratio Dw/Dg", "tau_lo": "the edema threshold", "tau_up": "the core threshold"}
+
+
+def run_assumptions(fixed: dict, fitted, sampled) -> tuple[str, ...]:
+    """``ASSUMPTIONS`` plus, in plain words, which parameters this run fixed (with their values), fitted at the
+    MAP only, and sampled in the posterior (their uncertainty is in the CTV ensemble)."""
+    origin = ("x0", "y0", "z0")
+
+    def words(names):
+        out = [_WORDS.get(n, n) for n in names if n not in origin]
+        if any(n in origin for n in names):
+            out.append("the initial position")
+        return ", ".join(out)
+
+    lines = list(ASSUMPTIONS)
+    held = [f"{_WORDS.get(k, k)} = {v:g}" for k, v in fixed.items() if k not in origin]
+    if held:
+        lines.append("Fixed, not inferred: " + ", ".join(held) + "; errors in these values are not part of the "
+                     "uncertainty shown.")
+    only_map = [n for n in fitted if n not in sampled]
+    if only_map:
+        lines.append(f"Fitted to the image but held at that best fit in the ensemble: {words(only_map)}; their "
+                     f"uncertainty is not part of the spread shown.")
+    if sampled:
+        lines.append(f"Sampled in the posterior (their uncertainty is in the CTV ensemble): {words(sampled)}.")
+    return tuple(lines)
+
 
 REFERENCES = (
     "Tumour model, discretisation and CTV protocol: M. Balcerak et al., Individualizing glioma radiotherapy "
@@ -110,17 +139,20 @@ class ReportContent:
     notes: list = dataclasses.field(default_factory=list)
     origin_truth: np.ndarray | None = None
     origin_map: np.ndarray | None = None
+    assumptions: tuple = ASSUMPTIONS
 
     @classmethod
     def from_ensemble(cls, ensemble, *, patient_id: str, run: dict, tissue, classes, affine, origin_samples,
-                      parameters=(), notes=(), origin_truth=None, origin_map=None) -> "ReportContent":
+                      parameters=(), notes=(), origin_truth=None, origin_map=None,
+                      assumptions=ASSUMPTIONS) -> "ReportContent":
         """Content from a ``bodil.tumor.ensemble.CTVEnsemble`` computed on the same (input) grid."""
         return cls(patient_id=patient_id, run=dict(run), tissue=tissue, classes=classes,
                    spacing=tuple(ensemble.spacing), affine=affine, margins_mm=tuple(ensemble.margins_mm),
                    standard_ctv={m: ensemble[m].standard for m in ensemble.margins_mm},
                    probability={m: ensemble[m].probability for m in ensemble.margins_mm},
                    origin_samples=origin_samples, table=ensemble.table(), parameters=list(parameters),
-                   notes=list(notes), origin_truth=origin_truth, origin_map=origin_map)
+                   notes=list(notes), origin_truth=origin_truth, origin_map=origin_map,
+                   assumptions=tuple(assumptions))
 
     def validate(self) -> None:
         """Raise ``ValueError`` (saying what is wrong) unless the content can be drawn."""

@@ -25,7 +25,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from .ensemble import LEVELS
-from .report_content import (ASSUMPTIONS, MEANING, PARAMETER_COLUMNS, REFERENCES, RESEARCH_USE, TABLE_COLUMNS,
+from .report_content import (MEANING, PARAMETER_COLUMNS, REFERENCES, RESEARCH_USE, TABLE_COLUMNS,
                              ReportContent, bodil_version, run_items, table_rows)
 from .segmentation import CORE, EDEMA
 
@@ -256,7 +256,7 @@ def histogram_page(content: ReportContent) -> Figure:
 def _note_lines(content: ReportContent) -> list[tuple[str, str]]:
     """(style, text) lines of the notes pages."""
     lines: list[tuple[str, str]] = [("h1", "How to read this report")]
-    sections = (("What the uncertainty means", MEANING), ("What the model assumes", ASSUMPTIONS),
+    sections = (("What the uncertainty means", MEANING), ("What the model assumes", content.assumptions),
                 ("Notes from the run", tuple(content.notes) or ("(none)",)), ("References", REFERENCES))
     for head, paragraphs in sections:
         lines.append(("h2", head))

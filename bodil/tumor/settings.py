@@ -27,7 +27,9 @@ class CTVSettings:
         seed: integer seed of the sampler (and of the CTV ensemble's choice of compared samples).
         t_final: time from tumour onset to imaging (days); only ``D T`` and ``rho T`` are identifiable.
         margins_mm: standard CTV margins.
-        box_scale: box side over the tumour's largest extent.
+        box_scale: box side over the tumour's largest extent; the box is enlarged where needed to hold the
+            largest margin's standard CTV around the core (``bodil.tumor.box.side_to_contain``), so no model CTV
+            voxel is picked outside the modelled region.
         map_parameters: parameters fitted by the MAP; the others stay at their fixed values
             (``ratio = Dw / Dg = 10``, ``tau_lo = 0.25``, ``tau_up = 0.675``).
         posterior_parameters: parameters sampled by BASIS (the rest fixed at the MAP); among the MAP
@@ -53,14 +55,18 @@ class CTVSettings:
             with adaptive Levenberg-Marquardt damping; far slower than a forward run). ``"surrogate"``: as
             ``"forward"`` with the neural surrogate (``bodil.forward.surrogate.pretrained()``, placed on the
             patient by ``bodil.tumor.surrogate``) in place of the FK run.
-        initializer: how the MAP is started. ``"forward"``: Nelder-Mead on explicit FK runs; ``"surrogate"``:
-            L-BFGS-B through the neural surrogate with its exact gradient (Weidner et al. 2025). Either way ODIL
-            (joint Gauss-Newton) then polishes the MAP from the FK solution at that start.
+        initializer: where the MAP's forward fit starts. ``"forward"``: from the segmentation's geometry
+            (``bodil.tumor.model.initial_guess``); ``"surrogate"``: from an L-BFGS-B fit through the neural
+            surrogate with its exact gradient (Weidner et al. 2025). Either way the MAP is then the forward
+            limit's mode (Nelder-Mead on explicit FK runs to its tolerance, ``bodil.tumor.model.fit_forward``).
         inner_ftol: relative accuracy of each inner solve's log density.
         inner_iterations: Gauss-Newton iterations of each inner solve. A solve stopped at the cap gives a
             lower bound of the mode value (any field gives one); the summary counts them.
         inner_cg_iterations: conjugate-gradient iterations per inner Gauss-Newton step.
-        map_iterations: Gauss-Newton iterations of the joint MAP polish after the forward fit.
+        map_iterations: Gauss-Newton iterations of the ODIL refinement of the MAP (joint over field and
+            parameters, from the forward fit). The refinement replaces the forward fit only when it converges
+            (the summary says which MAP was used). ``None``: 10 with ``inner="odil"`` (the finite-lambda_PDE
+            posterior, whose mode it is) and 0 otherwise (the forward limit's mode is the forward fit).
 
     Raises:
         InputError: a size below its minimum, an unknown ``inner``, ``initializer`` or ``likelihood``, a
@@ -89,12 +95,19 @@ class CTVSettings:
     inner_ftol: float = 1e-6
     inner_iterations: int = 6
     inner_cg_iterations: int = 100
-    map_iterations: int = 10
+    map_iterations: int | None = None
 
     @classmethod
     def paper(cls, **overrides) -> "CTVSettings":
         """The sizes of Amoudruz et al. 2025: 64^3 x 128, 512 samples."""
         return cls(**{"grid": 64, "time_points": 128, "num_samples": 512, **overrides})
+
+    @property
+    def odil_map_iterations(self) -> int:
+        """``map_iterations`` resolved: 10 with ``inner="odil"`` and 0 otherwise when it is ``None``."""
+        if self.map_iterations is None:
+            return 10 if self.inner == "odil" else 0
+        return self.map_iterations
 
     @property
     def inner_damping(self) -> float:
@@ -112,6 +125,8 @@ class CTVSettings:
         where = "CTVSettings"
         for name, low in (("grid", 8), ("time_points", 4), ("num_samples", 4), ("lmax", 1), ("inner_iterations", 1),
                           ("inner_cg_iterations", 1), ("map_iterations", 0), ("seed", 0)):
+            if name == "map_iterations" and self.map_iterations is None:
+                continue
             object.__setattr__(self, name, _checks.integer(where, name, getattr(self, name), low))
         _checks.choice(where, "inner", self.inner, INNER)
         _checks.choice(where, "initializer", self.initializer, INITIALIZERS)

@@ -1,0 +1,240 @@
+"""The tumour pipeline on a validation cohort that is not an inverse crime (``bodil.tumor.cohort``).
+
+``make`` grows the cohort on MNI152 at 1 mm with ``bodil.forward.fk_split`` (Strang splitting, harmonic-mean
+faces, an ellipsoidal initial tumour, ``Dw / Dg`` in [5, 100], thresholds drawn from broad priors, boundary
+jitter and label flips, both BraTS conventions, some thick-slice images, visible tumours of 5-250 ml) and keeps
+it on disk: one folder per patient (``seg.nii.gz``, ``concentration.nii.gz`` the truth on the patient's grid,
+``truth.json``) and the tissue maps once per image grid (``anatomy/<grid>/``). Patient ``i`` depends only on
+``(seed, i)``, so an interrupted ``make`` resumes where it stopped.
+
+``evaluate`` runs ``bodil.tumor.run_ctv`` (default settings unless overridden) on the patients and prints
+one row each and a summary block:
+
+* origin: error of the MAP and of the posterior mean (mm), and whether the truth lies in the 90% credible
+  ellipsoid (samples' mean and covariance, chi^2_3 quantile);
+* ``Dw T`` and ``rho T`` (what one image identifies; the model fixes ``T``): relative error of the MAP, and
+  whether the 90% interval contains the truth when the parameter is sampled;
+* whether the MAP solve converged;
+* coverage of the invisible infiltration (true ``0.01 <= u < tau_edema`` in the brain) by the standard CTV /
+  the MAP model CTV / the posterior ensemble's ``P >= 0.5`` CTV, all of the standard plan's volume, per margin;
+* wall time.
+
+Results are kept per patient (``<results>/patient_XXX/row.json``), so ``evaluate`` resumes too.
+
+    .venv/bin/python benchmarks/tumor_cohort.py make --out benchmarks/cohort --patients 50
+    .venv/bin/python benchmarks/tumor_cohort.py evaluate --cohort benchmarks/cohort --results /tmp/cohort-runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+
+import numpy as np
+import scipy.stats
+
+from bodil.io import atomic_directory, load_nifti, save_nifti, write_json
+from bodil.progress import as_meter
+from bodil.tumor import Anatomy, CTVSettings, load_segmentation, mni152, run_ctv
+from bodil.tumor.cohort import CohortPriors, cohort_patient
+
+MAKE_SEED = 2027
+"""Seed of the cohort that calibration uses (``evaluate --holdout`` uses a cohort made with another seed)."""
+
+
+def grid_tag(spacing) -> str:
+    return "mni152_1mm" if spacing is None else "x".join(f"{s:g}" for s in spacing) + "mm"
+
+
+def make(out: str, patients: int, seed: int, progress=True) -> None:
+    """Grow and write patients ``0 .. patients - 1`` of cohort ``seed`` that ``out`` does not hold yet."""
+    anatomy = mni152(1)
+    priors = CohortPriors()
+    os.makedirs(out, exist_ok=True)
+    meter = as_meter(progress)
+    with meter.session("cohort", patients) as bar:
+        for i in range(patients):
+            folder = os.path.join(out, f"patient_{i:03d}")
+            if not os.path.exists(os.path.join(folder, "truth.json")):
+                start = time.perf_counter()
+                p = cohort_patient(anatomy, seed, i, priors)
+                tag = grid_tag(p.truth["spacing_mm"])
+                maps = os.path.join(out, "anatomy", tag)
+                if not os.path.exists(os.path.join(maps, "wm.nii.gz")):
+                    with atomic_directory(maps, overwrite=True) as tmp:
+                        for name in ("wm", "gm", "csf"):
+                            save_nifti(os.path.join(tmp, f"{name}.nii.gz"), getattr(p.anatomy, name), p.anatomy.affine)
+                with atomic_directory(folder, overwrite=True) as tmp:
+                    save_nifti(os.path.join(tmp, "seg.nii.gz"), p.labels, p.anatomy.affine, dtype=np.uint8)
+                    save_nifti(os.path.join(tmp, "concentration.nii.gz"), p.concentration, p.anatomy.affine)
+                    write_json(os.path.join(tmp, "truth.json"),
+                               {**p.truth, "anatomy": f"anatomy/{tag}", "grow_seconds": time.perf_counter() - start})
+            bar.step()
+    write_json(os.path.join(out, "manifest.json"), {
+        "generator": "bodil.tumor.cohort.cohort_patient", "seed": seed, "patients": patients,
+        "priors": dataclasses.asdict(priors), "anatomy": "MNI152 2009 (nilearn), 1 mm"})
+
+
+def load_patient(cohort: str, i: int):
+    folder = os.path.join(cohort, f"patient_{i:03d}")
+    with open(os.path.join(folder, "truth.json"), encoding="utf-8") as f:
+        truth = json.load(f)
+    maps = {n: load_nifti(os.path.join(cohort, truth["anatomy"], f"{n}.nii.gz"), what=n) for n in ("wm", "gm", "csf")}
+    anatomy = Anatomy(**{n: np.clip(v.data, 0, 1) for n, v in maps.items()}, affine=maps["wm"].affine)
+    conc = load_nifti(os.path.join(folder, "concentration.nii.gz"), what="true concentration").data
+    return folder, truth, anatomy, conc
+
+
+def in_ellipsoid(samples: np.ndarray, truth: np.ndarray, level: float = 0.9) -> tuple[bool, float]:
+    """Whether ``truth`` lies in the ``level`` ellipsoid of the samples' mean and covariance, and its
+    Mahalanobis distance."""
+    mean, cov = samples.mean(axis=0), np.cov(samples.T) + 1e-9 * np.eye(samples.shape[1])
+    d2 = float((truth - mean) @ np.linalg.solve(cov, truth - mean))
+    return d2 <= scipy.stats.chi2.ppf(level, samples.shape[1]), float(np.sqrt(d2))
+
+
+def evaluate_one(cohort: str, i: int, results: str, settings: CTVSettings) -> dict:
+    """Run ``run_ctv`` on patient ``i`` and measure it against the truth (module docstring)."""
+    import arviz as az
+
+    folder, truth, anatomy, conc = load_patient(cohort, i)
+    seg = load_segmentation(os.path.join(folder, "seg.nii.gz"), truth["labels"])
+    out = os.path.join(results, f"patient_{i:03d}", "ctv")
+    start = time.perf_counter()
+    run = run_ctv(seg, anatomy, out, settings=settings, patient_id=f"cohort-{i:03d}", overwrite=True,
+                  progress=False)
+    wall = time.perf_counter() - start
+    s = run.summary
+    idata = az.from_netcdf(run.files["posterior"])
+    post = idata.posterior
+    x_true = np.asarray(truth["origin_world"])
+    samples = np.stack([post[f"{c}_world"].values.ravel() for c in "xyz"], axis=1)
+    inside, mahalanobis = in_ellipsoid(samples, x_true)
+    theta = s["map"]["theta"]
+    t_model = settings.t_final
+    row = {"patient": i, "visible_ml": truth["visible_ml"], "labels": truth["labels"],
+           "spacing": truth["spacing_mm"] or [1, 1, 1], "ratio_true": truth["ratio"],
+           "map_origin_err": float(np.linalg.norm(np.asarray(s["map"]["origin_world_mm"]) - x_true)),
+           "mean_origin_err": float(np.linalg.norm(samples.mean(axis=0) - x_true)),
+           "origin_in_90": bool(inside), "mahalanobis": mahalanobis,
+           "map_converged": bool(s["map"]["converged"]), "wall_s": wall}
+    for name, true in (("Dw", truth["dw"] * truth["t_final"]), ("rho", truth["rho"] * truth["t_final"])):
+        row[f"{name}T_err"] = theta[name] * t_model / true - 1.0
+        if name in post:
+            q = np.quantile(post[name].values.ravel() * t_model, [0.05, 0.95])
+            row[f"{name}T_in_90"] = bool(q[0] <= true <= q[1])
+    for name, true in (("ratio", truth["ratio"]), ("tau_lo", truth["tau_edema"]), ("tau_up", truth["tau_core"])):
+        if name in post:
+            q = np.quantile(post[name].values.ravel(), [0.05, 0.95])
+            row[f"{name}_in_90"] = bool(q[0] <= true <= q[1])
+        if name in theta:
+            row[f"{name}_map"] = theta[name]
+    region = (conc >= 0.01) & (conc < truth["tau_edema"]) & anatomy.brain
+    row["cover"] = {}
+    for m in settings.margins_mm:
+        tag = f"{m:g}mm"
+        std = load_nifti(os.path.join(out, f"ctv_standard_{tag}.nii.gz"), what="ctv").data > 0
+        mp = load_nifti(os.path.join(out, f"ctv_model_map_{tag}.nii.gz"), what="ctv").data > 0
+        ens = load_nifti(os.path.join(out, f"ctv_probability_{tag}.nii.gz"), what="ctv").data >= 0.5
+        row["cover"][tag] = [float(x[region].mean()) for x in (std, mp, ens)]
+    row["min_map_concentration"] = float(load_nifti(os.path.join(out, "map_concentration.nii.gz"), what="u").data.min())
+    return row
+
+
+def evaluate(cohort: str, results: str, patients: list[int], settings: CTVSettings) -> list[dict]:
+    rows = []
+    for i in patients:
+        path = os.path.join(results, f"patient_{i:03d}", "row.json")
+        if not os.path.exists(path):
+            row = evaluate_one(cohort, i, results, settings)
+            write_json(path, row)
+            print(f"patient {i}: {row['wall_s']:.0f} s", file=sys.stderr, flush=True)
+        with open(path, encoding="utf-8") as f:
+            rows.append(json.load(f))
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    margins = list(rows[0]["cover"])
+    head = ("| patient | ml | labels | spacing | Dw/Dg | origin err MAP / mean (mm) | in 90% | Mahalanobis | "
+            "Dw T err | rho T err | MAP conv. | " + " | ".join(f"cover {m} std/MAP/ens" for m in margins)
+            + " | min u | s |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in rows:
+        def flag(key):
+            return "" if key not in r else (" (in 90%)" if r[key] else " (out)")
+        lines.append(
+            f"| {r['patient']} | {r['visible_ml']:.0f} | {r['labels'][-4:]} | {'x'.join(f'{s:g}' for s in r['spacing'])} "
+            f"| {r['ratio_true']:.0f} | {r['map_origin_err']:.1f} / {r['mean_origin_err']:.1f} | "
+            f"{'yes' if r['origin_in_90'] else 'no'} | {r['mahalanobis']:.1f} | {r['DwT_err']:+.2f}{flag('DwT_in_90')} | "
+            f"{r['rhoT_err']:+.2f}{flag('rhoT_in_90')} | {'yes' if r['map_converged'] else 'no'} | "
+            + " | ".join("/".join(f"{c:.2f}" for c in r["cover"][m]) for m in margins)
+            + f" | {r['min_map_concentration']:.3f} | {r['wall_s']:.0f} |")
+    n = len(rows)
+    lines += ["", f"{n} patients:",
+              f"- origin in the 90% credible ellipsoid: {sum(r['origin_in_90'] for r in rows)}/{n}; MAP origin error "
+              f"median {np.median([r['map_origin_err'] for r in rows]):.1f} mm, worst "
+              f"{max(r['map_origin_err'] for r in rows):.1f} mm",
+              f"- Dw T error median {np.median([r['DwT_err'] for r in rows]):+.2f} (range "
+              f"{min(r['DwT_err'] for r in rows):+.2f} to {max(r['DwT_err'] for r in rows):+.2f}); rho T error median "
+              f"{np.median([r['rhoT_err'] for r in rows]):+.2f}",
+              f"- MAP converged: {sum(r['map_converged'] for r in rows)}/{n}; min MAP concentration "
+              f"{min(r['min_map_concentration'] for r in rows):.3g}"]
+    for key in ("DwT_in_90", "rhoT_in_90", "ratio_in_90", "tau_lo_in_90", "tau_up_in_90"):
+        have = [r[key] for r in rows if key in r]
+        if have:
+            lines.append(f"- truth of {key[:-6]} in its 90% interval: {sum(have)}/{len(have)}")
+    for m in margins:
+        ens = sum(r["cover"][m][2] >= r["cover"][m][0] for r in rows)
+        mp = sum(r["cover"][m][1] >= r["cover"][m][0] for r in rows)
+        lines.append(f"- {m}: ensemble CTV covers at least the standard plan's share in {ens}/{n}, MAP model CTV "
+                     f"in {mp}/{n}")
+    lines.append(f"- wall time median {np.median([r['wall_s'] for r in rows]):.0f} s, max "
+                 f"{max(r['wall_s'] for r in rows):.0f} s")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="command", required=True)
+    mk = sub.add_parser("make", help="grow the cohort (resumable)")
+    mk.add_argument("--out", required=True)
+    mk.add_argument("--patients", type=int, default=50)
+    mk.add_argument("--seed", type=int, default=MAKE_SEED)
+    ev = sub.add_parser("evaluate", help="run bodil's pipeline on the cohort and print the table (resumable)")
+    ev.add_argument("--cohort", required=True)
+    ev.add_argument("--results", required=True)
+    ev.add_argument("--patients", type=int, nargs="+", help="patient indices (default: all)")
+    ev.add_argument("--grid", type=int)
+    ev.add_argument("--samples", type=int)
+    ev.add_argument("--sample", nargs="+", help="CTVSettings.posterior_parameters (default: the origin)")
+    ev.add_argument("--fit", nargs="+", help="CTVSettings.map_parameters (default: Dw rho x0 y0 z0)")
+    args = ap.parse_args(argv)
+    if args.command == "make":
+        make(args.out, args.patients, args.seed)
+        return
+    import jax
+
+    jax.config.update("jax_enable_x64", True)
+    patients = args.patients
+    if patients is None:
+        with open(os.path.join(args.cohort, "manifest.json"), encoding="utf-8") as f:
+            patients = list(range(json.load(f)["patients"]))
+    over = {k: v for k, v in (("grid", args.grid), ("num_samples", args.samples)) if v is not None}
+    if args.fit:
+        over["map_parameters"] = tuple(args.fit)
+    if args.sample:
+        over["posterior_parameters"] = tuple(args.sample)
+    settings = dataclasses.replace(CTVSettings(), **over)
+    rows = evaluate(args.cohort, args.results, patients, settings)
+    print(f"# cohort {args.cohort}: {len(rows)} patients; grid {settings.grid}^3 x {settings.time_points}, "
+          f"{settings.num_samples} samples")
+    print(table(rows))
+
+
+if __name__ == "__main__":
+    main()
