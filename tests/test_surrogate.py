@@ -245,9 +245,11 @@ def test_gradient_inversion_recovers_theta_of_a_surrogate_field():
     model = S.pretrained("forward")
     ref = np.load(REFERENCE)
     tissue, truth = ref["tissue"][0].astype(np.float32), ref["theta"][0]
-    u_obs = np.asarray(model.predict(truth, tissue))
+    u_obs = ref["prediction"][0]  # the surrogate's field at truth (held to predict() by the test above to 1e-4)
     start = truth + np.array([2.0, -2.0, 1.0, 1.5, 0.5])
-    res = invert_gradient(model, tissue, u_obs, start, final_run=False)
+    # converged (relative reduction of the loss below 1e-12) after 30 iterations; after 14 the loss was 1e-7 and
+    # theta within 0.3% of the box: 20 leave a margin and fail just the same with a wrong gradient
+    res = invert_gradient(model, tissue, u_obs, start, maxiter=20, final_run=False)
     width = model.theta_upper - model.theta_lower
     assert np.all(np.abs(res.theta - truth) / width < 0.02), (res.theta, truth)
     assert res.loss < 1e-6
@@ -325,7 +327,7 @@ def test_ctv_command_runs_on_the_surrogate(demo_patient, tmp_path):
     paths = write_synthetic(patient, tmp_path / "p")
     out = tmp_path / "ctv"
     assert main(["ctv", "--seg", paths["seg"], "--atlas", "mni152", "--out", str(out), "--grid", "8",
-                 "--time-points", "4", "--samples", "6", "--inner", "surrogate", "--init", "surrogate"]) == 0
+                 "--time-points", "4", "--samples", "4", "--inner", "surrogate", "--init", "surrogate"]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["settings"]["inner"] == "surrogate" and summary["settings"]["initializer"] == "surrogate"
     assert summary["posterior"]["inner_solves"]["method"].startswith("neural surrogate")
