@@ -60,7 +60,8 @@ def _settings(args):
     over = {k: v for k, v in (("grid", args.grid), ("time_points", args.time_points), ("num_samples", args.samples),
                               ("seed", args.seed), ("t_final", args.t_final),
                               ("inner_iterations", args.inner_iterations), ("inner", args.inner),
-                              ("initializer", args.init)) if v is not None}
+                              ("initializer", args.init), ("map_parameters", args.fit),
+                              ("posterior_parameters", args.sample)) if v is not None}
     if args.error_correlation is not None:
         over["error_correlation_mm"] = args.error_correlation or None  # 0: untempered
     return dataclasses.replace(base, **over)
@@ -225,6 +226,12 @@ def _size_options(p):
                    help="start of the MAP's forward fit (Nelder-Mead on FK runs): 'forward' (from the "
                         "segmentation's geometry; default) or 'surrogate' (an L-BFGS fit through the neural surrogate)")
     p.add_argument("--inner-iterations", type=int, help="Gauss-Newton iterations per inner solve (default 6)")
+    p.add_argument("--fit", nargs="+", metavar="NAME",
+                   help="parameters fitted by the MAP (default: Dw rho x0 y0 z0; also ratio tau_lo tau_up); the "
+                        "others stay fixed (Dw/Dg = 10, thresholds 0.25 and 0.675)")
+    p.add_argument("--sample", nargs="+", metavar="NAME",
+                   help="parameters sampled by BASIS, among the fitted ones and the origin (default: x0 y0 z0); "
+                        "the others are held at the MAP")
     p.add_argument("--error-correlation", type=float, metavar="MM",
                    help="distance in mm over which segmentation and model errors are correlated: the posterior "
                         "counts one independent observation per MM^3 (default 15; 0: one per voxel, untempered)")

@@ -122,6 +122,7 @@ def _seg_with(tmp_path, data, affine=np.eye(4), name="seg.nii.gz"):
     ("labels", "label"),
     ("empty", "core"),
     ("grid", "grid"),
+    ("parameter", "fit them too"),
 ])
 def test_bad_input_exits_2_and_writes_nothing(patient, tmp_path, capsys, case, message):
     seg = np.asarray(nib.load(patient / "seg.nii.gz").dataobj).astype(np.int16)
@@ -134,10 +135,17 @@ def test_bad_input_exits_2_and_writes_nothing(patient, tmp_path, capsys, case, m
         path = _seg_with(tmp_path, bad, affine)
     elif case == "empty":
         path = _seg_with(tmp_path, np.where(seg == 2, 2, 0).astype(np.int16), affine)
-    else:
+    elif case == "grid":
         path = _seg_with(tmp_path, seg[:-1], affine)
+    else:  # an unknown name, and one sampled without being fitted: both refused before any work
+        path = patient / "seg.nii.gz"
+        assert main(["ctv", "--seg", str(path), "--atlas", "mni152", "--out", str(tmp_path / "o2"), *TINY,
+                     "--sample", "Dx"]) == 2
+        assert "unknown: ['dx']" in capsys.readouterr().err.lower()
+        assert not (tmp_path / "o2").exists()
     out = tmp_path / "out"
-    code = main(["ctv", "--seg", str(path), "--atlas", "mni152", "--out", str(out), *TINY])
+    code = main(["ctv", "--seg", str(path), "--atlas", "mni152", "--out", str(out), *TINY,
+                 *(["--fit", "Dw", "x0", "y0", "z0", "--sample", "rho"] if case == "parameter" else [])])
     assert code == 2
     err = capsys.readouterr().err.lower()
     assert message in err

@@ -7,7 +7,7 @@ import dataclasses
 
 from .. import _checks
 from ..io import InputError
-from .model import ORIGIN
+from .model import ORIGIN, PARAMETERS
 
 INNER = ("forward", "odil", "surrogate")
 INITIALIZERS = ("forward", "surrogate")
@@ -139,9 +139,16 @@ class CTVSettings:
                                                           and self.error_correlation_mm > 0):
             raise ValueError(f"{where}: error_correlation_mm must be a positive length in mm or None (no "
                              f"tempering), got {self.error_correlation_mm!r}.")
+        for name in ("map_parameters", "posterior_parameters"):
+            unknown = sorted(set(getattr(self, name)) - set(PARAMETERS))
+            if unknown or not getattr(self, name):
+                raise ValueError(f"{where}: {name} must be a non-empty selection of {', '.join(PARAMETERS)}; got "
+                                 f"{tuple(getattr(self, name))} (unknown: {unknown}).")
+            object.__setattr__(self, name, tuple(getattr(self, name)))
         if not set(self.posterior_parameters) <= set(self.map_parameters) | set(ORIGIN):
             raise ValueError(f"{where}: posterior parameters {self.posterior_parameters} must be among the MAP "
-                             f"parameters {self.map_parameters} or the origin {ORIGIN}.")
+                             f"parameters {self.map_parameters} or the origin {ORIGIN}; fit them too (map_parameters, bodil ctv "
+                             f"--fit) or sample fewer.")
 
 
 __all__ = ["CTVSettings"]
