@@ -84,8 +84,9 @@ class CohortPriors:
     brats2023_probability: float = 0.5
     origin_margin_mm: float = 20.0
 
-    def draw(self, rng: np.random.Generator, anatomy: Anatomy) -> dict:
-        """One draw of every number of a patient (JSON-ready); the origin in world mm."""
+    def draw(self, rng: np.random.Generator, anatomy: Anatomy, candidates: np.ndarray | None = None) -> dict:
+        """One draw of every number of a patient (JSON-ready); the origin in world mm, at one of the voxels
+        ``candidates`` (default ``origin_candidates(anatomy, self.origin_margin_mm)``)."""
         def uni(r):
             return float(rng.uniform(*r))
 
@@ -104,7 +105,8 @@ class CohortPriors:
         return {
             "t_final": t, "mu_d_mm": mu_d, "mu_rho": mu_rho, "dw": mu_d**2 / t, "dg": mu_d**2 / t / ratio,
             "ratio": ratio, "rho": mu_rho**2 / t, "tau_edema": tau_edema, "tau_core": tau_core,
-            "necrosis": necrosis, "origin_world": _draw_origin(rng, anatomy, self.origin_margin_mm).tolist(),
+            "necrosis": necrosis, "origin_world": _draw_origin(rng, anatomy, origin_candidates(anatomy, self.origin_margin_mm)
+                                         if candidates is None else candidates).tolist(),
             "seed_semi_axes_mm": (radius * np.exp(rng.uniform(-0.35, 0.35, 3))).tolist(),
             "seed_rotation": Rotation.random(random_state=rng).as_quat().tolist(),
             "seed_height": uni(self.seed_height), "jitter": uni(self.jitter), "jitter_mm": uni(self.jitter_mm),
@@ -132,7 +134,9 @@ class CohortPatient:
     truth: dict
 
 
-def _draw_origin(rng, anatomy: Anatomy, margin_mm: float) -> np.ndarray:
+def origin_candidates(anatomy: Anatomy, margin_mm: float) -> np.ndarray:
+    """Voxel indices where a tumour may start: tissue ``c_w + c_g >= 0.9`` at least ``margin_mm`` inside the
+    brain's bounding box."""
     brain = np.argwhere(anatomy.brain)
     if brain.size == 0:
         raise InputError("cohort: the anatomy has no brain voxel.")
@@ -142,6 +146,10 @@ def _draw_origin(rng, anatomy: Anatomy, margin_mm: float) -> np.ndarray:
     cand = cand[np.all((cand >= lo) & (cand <= hi), axis=1)]
     if cand.size == 0:
         raise InputError(f"cohort: no tissue voxel lies {margin_mm} mm inside the brain; lower origin_margin_mm.")
+    return cand
+
+
+def _draw_origin(rng, anatomy: Anatomy, cand: np.ndarray) -> np.ndarray:
     voxel = cand[rng.integers(len(cand))] + rng.uniform(-0.5, 0.5, 3)
     return (np.asarray(anatomy.affine, float) @ np.r_[voxel, 1.0])[:3]
 
@@ -266,17 +274,19 @@ def cohort_patient(anatomy: Anatomy, seed: int, index: int, priors: CohortPriors
         InputError: no acceptable draw within ``max_attempts``.
     """
     rng = np.random.default_rng([int(seed), int(index)])
+    candidates = origin_candidates(anatomy, priors.origin_margin_mm)
+    tissue = np.asarray(anatomy.tissue)
     coarse = _coarsen(anatomy)
     voxel_ml = float(abs(np.linalg.det(np.asarray(anatomy.affine)[:3, :3]))) / 1000.0
     lo_ml, hi_ml = priors.volume_ml
     for attempt in range(1, max_attempts + 1):
-        truth = priors.draw(rng, anatomy)
+        truth = priors.draw(rng, anatomy, candidates)
         u_c, _ = grow(coarse, truth, dtype=dtype)
         visible_c = float((u_c >= truth["tau_edema"]).sum()) * voxel_ml * 8
         if not 0.6 * lo_ml <= visible_c <= 1.4 * hi_ml or not (u_c >= truth["tau_core"]).any():
             continue
         u, box = grow(anatomy, truth, box=_support_box(u_c, coarse, anatomy), dtype=dtype)
-        u = np.where(np.asarray(anatomy.tissue) >= 0.05, u, 0.0)
+        u = np.where(tissue >= 0.05, u, 0.0)
         patient = _image(anatomy, u, truth)
         labels = patient.labels
         names = LABELS[truth["labels"]]
@@ -329,5 +339,5 @@ def _image(anatomy: Anatomy, u: np.ndarray, truth: dict) -> CohortPatient:
     return CohortPatient(grid_anatomy, labels, conc, truth)
 
 
-__all__ = ["CohortPatient", "CohortPriors", "LABELS", "cohort_patient", "grow", "initial_ellipsoid", "segment",
-           "to_thick_slices"]
+__all__ = ["CohortPatient", "CohortPriors", "LABELS", "cohort_patient", "grow", "initial_ellipsoid",
+           "origin_candidates", "segment", "to_thick_slices"]
