@@ -12,11 +12,22 @@ ODIL solves on the same grid with PDE weight beta (one row per --odil-beta).
     .venv/bin/python benchmarks/bilo.py --quick         # about a minute
     .venv/bin/python benchmarks/bilo.py                 # the size reported in docs/bilo.md (about 15 min)
     .venv/bin/python benchmarks/bilo.py --only-odil --odil-beta 1e4 1e6 1e8
+
+Unknown functions through the auxiliary variable (sec. 2.2): ``--case poisson`` (the diffusion coefficient of
+-(D u')' = pi^2 sin(pi x), sec. 3.3, noise 1e-2) and ``--case heat`` (the initial condition of u_t = D u_xx from
+the final state, appendix D.4). Rows: relative L2 and largest error of the inferred function, relative L2 error
+of the field against the reference solve from the inferred function, data-loss error, wall time; ODIL with
+the same regulariser (``--odil-w-reg`` adds weights).
+
+    .venv/bin/python benchmarks/bilo.py --case poisson --quick
+    .venv/bin/python benchmarks/bilo.py --case poisson                 # docs/bilo.md
+    .venv/bin/python benchmarks/bilo.py --case heat --odil-w-reg 0 1e-5
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 
 import jax
@@ -27,7 +38,8 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 import bodil  # noqa: E402
-from bodil.bilo import BiLOSettings, cases, fit, local_operator_net, trainer  # noqa: E402
+from bodil.bilo import BiLOSettings, cases, cases_heat, cases_poisson, fit, local_operator_net, trainer  # noqa: E402
+from bodil.bilo.functions import function_trainer  # noqa: E402
 
 
 def make_trainer(case, method, args, w=1.0):
@@ -75,22 +87,134 @@ def summarise(rows):
     return out
 
 
+# ------------------------------------------------------------------------- unknown functions (poisson, heat)
+FUNCTION_CASES = {"poisson": (cases_poisson, cases_poisson.variable_poisson), "heat": (cases_heat,
+                                                                                    cases_heat.heat_initial_condition)}
+
+
+def function_trainers(case, args):
+    """BiLO and one PINN per data weight, each with its compiled trainer; u: 2 x width, f: 2 x f_width (tanh)."""
+    mod = FUNCTION_CASES[args.case][0]
+    n_coords = case.problem.collocation.shape[1]
+    extra = dict(transform_params=True) if args.case == "heat" else {}
+    f_transform = mod.d_transform if args.case == "poisson" else mod.f_transform
+    out = {}
+    for name, method, w in [("BiLO", "bilo", 1.0)] + [(f"PINN w={w:g}", "pinn", w) for w in args.pinn_w]:
+        u_net = local_operator_net(0, n_coords, 1, width=args.width, depth=args.depth, transform=mod.u_transform,
+                                   uses_params=method == "bilo", dtype=jnp.float32, **extra)
+        f_net = local_operator_net(1, 1, 0, width=args.f_width, depth=args.depth, transform=f_transform,
+                                   uses_params=False, dtype=jnp.float32)
+        settings = BiLOSettings(method=method, w_data=w, chunk=args.chunk, lr_theta=args.lr_theta)
+        out[name] = function_trainer(case.problem, u_net, f_net, settings, function0=case.function0,
+                                     reference=case.pretrain)
+    return out
+
+
+def function_row(tr, pre, case, args):
+    res = fit(tr, tr.init(pre.state.p, pre.state.params), args.steps, values=case.problem.data_values)
+    mod = FUNCTION_CASES[args.case][0]
+    return mod.model_metrics(case, res.net, float(res.history["data"][-1])), res.wall_time
+
+
+def function_odil_row(case, args, beta, w_reg):
+    mod = FUNCTION_CASES[args.case][0]
+    case = dataclasses.replace(case, problem=dataclasses.replace(case.problem, w_reg=w_reg))
+    post, u0 = mod.odil_posterior(case, beta=beta)
+    t0 = time.perf_counter()
+    fitted = bodil.map_estimate(post, u0, {}, method="gauss-newton", throw=False, max_iter=200)
+    wall = time.perf_counter() - t0
+    u = fitted.u["u"] if args.case == "poisson" else fitted.u[-1]
+    x_data = case.problem.data_points[:, -1]
+    pred = np.interp(x_data, case.problem.collocation[:, -1] if args.case == "poisson"
+                     else case.grid.coordinates("x"), np.asarray(u))
+    dat = float(np.mean((pred - case.problem.data_values) ** 2))
+    return mod.odil_metrics(case, fitted.u, dat), wall
+
+
+def function_main(args):
+    build = FUNCTION_CASES[args.case][1]
+    if args.quick:
+        args.n_res, args.width, args.f_width, args.pre_steps, args.steps, args.seeds = 21, 16, 8, 300, 300, 1
+        args.pinn_w = args.pinn_w[:1]
+    kw = dict(n_res=args.n_res, w_reg=args.w_reg)
+    by = {(nz, s): build(noise=nz, seed=s, **kw) for nz in args.noise for s in range(args.seeds)}
+    first = by[(args.noise[0], 0)]
+    print(f"{args.case}: residual points {first.problem.collocation.shape[0]}, "
+          f"data {first.problem.data_points.shape[0]}, "
+          f"w_reg {args.w_reg:g}; u: {args.depth} x {args.width}, f: {args.depth} x {args.f_width} tanh (float32); "
+          f"Adam lr_net 1e-3, lr_f {args.lr_theta:g}; pre-training {args.pre_steps}, inverse {args.steps} steps; "
+          f"seeds {args.seeds}\n", flush=True)
+    trainers = {} if args.only_odil else function_trainers(first, args)
+    pre = {}
+    for name, tr in trainers.items():
+        pre[name] = fit(tr, tr.init(pretrain=True), args.pre_steps)
+        print(f"pre-training {name}: {pre[name].wall_time:.1f} s (compilation included), final L_res "
+              f"{pre[name].history['residual'][-1]:.2e}", flush=True)
+    table = []
+    odil_w = args.odil_w_reg or [args.w_reg]
+    for nz in args.noise:
+        runs = {f"ODIL beta={b:g} w_reg={w:g}": [] for b in args.odil_beta for w in odil_w}
+        runs.update({name: [] for name in trainers})
+        for s in range(args.seeds if nz > 0 else 1):
+            case = by[(nz, s)]
+            for b in args.odil_beta:
+                for w in odil_w:
+                    runs[f"ODIL beta={b:g} w_reg={w:g}"].append(function_odil_row(case, args, b, w))
+            for name, tr in trainers.items():
+                runs[name].append(function_row(tr, pre[name], case, args))
+        for name, rows in runs.items():
+            table.append((name, nz, {k: _mean_sd([r[0][k] for r in rows if k in r[0]])
+                                     for k in ("err_f", "max_f", "err_u", "err_data")}
+                          | {"wall": f"{np.mean([r[1] for r in rows]):.1f}"}))
+            print(f"  noise {nz:g} {name}: {table[-1][2]}", flush=True)
+    print("\n| method | noise | rel L2 err f | max err f | rel L2 err u | rel err data loss | wall s |")
+    print("|---|---|---|---|---|---|---|")
+    for name, nz, r in table:
+        print(f"| {name} | {nz:g} | {r['err_f']} | {r['max_f']} | {r['err_u']} | {r['err_data']} | {r['wall']} |")
+
+
+def _mean_sd(vals):
+    vals = np.asarray(vals, float)
+    if not vals.size:
+        return "-"
+    return f"{vals.mean():.2e}" + (f" ± {vals.std():.1e}" if vals.size > 1 else "")
+
+
+CASE_DEFAULTS = {
+    "fisher-kpp": dict(n_res=21, width=48, pre_steps=2000, steps=5000, noise=[0.0, 1e-3, 1e-2], seeds=2,
+                       lr_theta=1e-2, pinn_w=[1.0, 10.0, 100.0], odil_beta=[1e4, 1e6]),
+    "poisson": dict(n_res=101, width=64, f_width=32, pre_steps=5000, steps=10000, noise=[1e-2], seeds=2,
+                    lr_theta=1e-3, pinn_w=[1.0, 10.0, 100.0], odil_beta=[1e6], w_reg=1e-3),
+    "heat": dict(n_res=21, width=32, f_width=16, pre_steps=3000, steps=5000, noise=[0.0], seeds=1,
+                 lr_theta=1e-3, pinn_w=[10.0, 1000.0], odil_beta=[1e6], w_reg=0.0),
+}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--case", choices=tuple(CASE_DEFAULTS), default="fisher-kpp")
     ap.add_argument("--quick", action="store_true", help="small grid and few steps")
-    ap.add_argument("--noise", type=float, nargs="+", default=[0.0, 1e-3, 1e-2])
-    ap.add_argument("--seeds", type=int, default=2)
-    ap.add_argument("--n-res", type=int, default=21)
-    ap.add_argument("--width", type=int, default=48)
+    ap.add_argument("--noise", type=float, nargs="+")
+    ap.add_argument("--seeds", type=int)
+    ap.add_argument("--n-res", type=int)
+    ap.add_argument("--width", type=int)
+    ap.add_argument("--f-width", type=int, help="width of the unknown function's network (poisson, heat)")
     ap.add_argument("--depth", type=int, default=2)
-    ap.add_argument("--pre-steps", type=int, default=2000)
-    ap.add_argument("--steps", type=int, default=5000)
+    ap.add_argument("--pre-steps", type=int)
+    ap.add_argument("--steps", type=int)
     ap.add_argument("--chunk", type=int, default=500)
-    ap.add_argument("--lr-theta", type=float, default=1e-2)
-    ap.add_argument("--pinn-w", type=float, nargs="+", default=[1.0, 10.0, 100.0])
-    ap.add_argument("--odil-beta", type=float, nargs="+", default=[1e4, 1e6])
+    ap.add_argument("--lr-theta", type=float, help="Adam rate of the parameters (of the function's weights)")
+    ap.add_argument("--w-reg", type=float, help="regulariser weight of the unknown function (poisson, heat)")
+    ap.add_argument("--odil-w-reg", type=float, nargs="+", help="ODIL's regulariser weights (default: --w-reg)")
+    ap.add_argument("--pinn-w", type=float, nargs="+")
+    ap.add_argument("--odil-beta", type=float, nargs="+")
     ap.add_argument("--only-odil", action="store_true", help="skip BiLO and the PINNs")
     args = ap.parse_args()
+    for key, value in CASE_DEFAULTS[args.case].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if args.case != "fisher-kpp":
+        return function_main(args)
     if args.quick:
         args.n_res, args.width, args.pre_steps, args.steps, args.seeds = 11, 32, 500, 500, 1
         args.noise, args.pinn_w = [0.0, 1e-2], [10.0]

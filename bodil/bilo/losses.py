@@ -29,7 +29,8 @@ import numpy as np
 from .._checks import choice, positive
 
 
-def _points(where: str, name: str, value, n_cols: int | None = None) -> np.ndarray:
+def check_points(where: str, name: str, value, n_cols: int | None = None) -> np.ndarray:
+    """``value`` as a finite 2-D float array ``(points, n_cols)`` with at least one row (else ``ValueError``)."""
     arr = np.asarray(value, dtype=float)
     if arr.ndim != 2 or arr.shape[0] == 0:
         raise ValueError(f"{where}: {name} must be a 2-D array (points, coordinates) with at least one point, "
@@ -82,8 +83,8 @@ class PointwiseProblem:
         where = "PointwiseProblem"
         if not callable(self.operator):
             raise TypeError(f"{where}: operator must be callable (u, z, theta) -> residual.")
-        col = _points(where, "collocation", self.collocation)
-        pts = _points(where, "data_points", self.data_points, col.shape[1])
+        col = check_points(where, "collocation", self.collocation)
+        pts = check_points(where, "data_points", self.data_points, col.shape[1])
         vals = check_values(where, "data_values", self.data_values, pts)
         names, scale = tuple(self.names), tuple(float(s) for s in np.atleast_1d(self.scale))
         if len(names) != len(scale):

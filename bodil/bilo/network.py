@@ -9,8 +9,8 @@ where ``W_z`` and ``b`` are trained and the embedding ``W_p`` is drawn once, uni
 with ``d`` the layer's fan-in (coordinates plus parameters), and then **fixed**: a trainable ``W_p`` could be
 set to zero, which would make the residual-gradient loss ``||d r / d p||^2`` vanish without the network
 learning how the solution moves with ``p``. Fully connected ``tanh`` layers follow, then a scalar output
-``u_raw`` and an optional output transform ``u = transform(z, u_raw)`` that imposes initial and boundary
-conditions exactly (appendix D.1: ``u = u_0(x) + u_raw x (1 - x) t``).
+``u_raw`` and an optional output transform ``u = transform(z, u_raw)`` (or ``transform(z, u_raw, p)``) that
+imposes initial and boundary conditions exactly (appendix D.1: ``u = u_0(x) + u_raw x (1 - x) t``).
 
 With ``uses_params=False`` the same network ignores ``p``: that is the PINN of the comparison (eq. 11),
 trained through the same code path.
@@ -43,6 +43,7 @@ class LocalOperatorNet(eqx.Module):
     out: eqx.nn.Linear
     transform: Callable = eqx.field(static=True)
     uses_params: bool = eqx.field(static=True)
+    transform_params: bool = eqx.field(static=True, default=False)
 
     def __call__(self, z, p):
         h = self.first(z)
@@ -52,11 +53,13 @@ class LocalOperatorNet(eqx.Module):
         h = jnp.tanh(h)
         for layer in self.hidden:
             h = jnp.tanh(layer(h))
-        return self.transform(z, self.out(h)[0])
+        raw = self.out(h)[0]
+        return self.transform(z, raw, p) if self.transform_params else self.transform(z, raw)
 
 
 def local_operator_net(seed, n_coords: int, n_params: int, *, width: int = 128, depth: int = 2,
-                       transform: Callable | None = None, uses_params: bool = True, dtype=None) -> LocalOperatorNet:
+                       transform: Callable | None = None, uses_params: bool = True, transform_params: bool = False,
+                       dtype=None) -> LocalOperatorNet:
     """A ``LocalOperatorNet`` with ``depth`` hidden layers of ``width`` units (Zhang et al., appendix D: 2 x 128).
 
     Args:
@@ -67,6 +70,8 @@ def local_operator_net(seed, n_coords: int, n_params: int, *, width: int = 128, 
         depth: number of hidden layers (``>= 1``; the first is the embedding layer).
         transform: ``(z, u_raw) -> u``, imposing initial/boundary conditions; identity by default.
         uses_params: ``False`` for the PINN baseline (the network does not see ``p``).
+        transform_params: call ``transform(z, u_raw, p)`` instead (an output transform that uses the
+            parameters, e.g. ``u = u_raw x (1 - x) t + a`` with the auxiliary variable ``a``; ``bodil.bilo.functions``).
         dtype: floating dtype of the weights (default: JAX's default float).
 
     Returns:
@@ -78,6 +83,8 @@ def local_operator_net(seed, n_coords: int, n_params: int, *, width: int = 128, 
     n_params = integer("local_operator_net", "n_params", n_params, 0)
     width = integer("local_operator_net", "width", width, 1)
     depth = integer("local_operator_net", "depth", depth, 1)
+    if transform_params and transform is None:
+        raise ValueError("local_operator_net: transform_params=True needs a transform(z, u_raw, p).")
     dtype = jnp.zeros(()).dtype if dtype is None else dtype
     k_first, k_emb, k_hidden, k_out = jax.random.split(as_key("local_operator_net", seed), 4)
     first = eqx.nn.Linear(n_coords, width, key=k_first, dtype=dtype)
@@ -88,7 +95,8 @@ def local_operator_net(seed, n_coords: int, n_params: int, *, width: int = 128, 
     embedding = jax.random.uniform(k_emb, (width, n_params), dtype, -bound, bound)
     hidden = tuple(eqx.nn.Linear(width, width, key=k, dtype=dtype) for k in jax.random.split(k_hidden, depth - 1))
     out = eqx.nn.Linear(width, 1, key=k_out, dtype=dtype)
-    return LocalOperatorNet(first, embedding, hidden, out, transform or _identity_transform, bool(uses_params))
+    return LocalOperatorNet(first, embedding, hidden, out, transform or _identity_transform, bool(uses_params),
+                            bool(transform_params))
 
 
 def trainable_filter(net: LocalOperatorNet):

@@ -121,14 +121,17 @@ class StepInfo(NamedTuple):
 class Trainer(NamedTuple):
     """``init(p0, params=None, pretrain=False) -> state``; ``step(state, values=None) -> (state, info)``;
     ``run(state, n, values=None) -> (state, infos)`` (jitted); ``network(state)`` is the full network. ``values``
-    replaces the problem's data values (same points): one compilation serves every noise realisation."""
+    replaces the problem's data values (same points): one compilation serves every noise realisation.
+    ``monitor(state)`` is the vector ``problem.theta`` reads (``state.p`` when ``None``; the values of an
+    unknown function at its monitor points in ``bodil.bilo.functions``)."""
 
     init: Any
     step: Any
     run: Any
     network: Any
-    problem: L.PointwiseProblem
+    problem: Any
     settings: BiLOSettings
+    monitor: Any = None
 
 
 class BiLOResult(NamedTuple):
@@ -368,7 +371,8 @@ def fit(tr: Trainer, state: BiLOState, steps: int, *, values=None, progress=Fals
         warnings.warn(f"fit: the lower level missed inner_tol = {tr.settings.inner_tol:g} within inner_steps = "
                       f"{tr.settings.inner_steps} at {unconverged} of {done} steps; the upper-level gradient there is "
                       f"approximate (raise inner_steps or inner_tol).", stacklevel=2)
-    theta = {k: float(v) for k, v in tr.problem.theta(np.asarray(state.p)).items()}
+    vec = state.p if tr.monitor is None else tr.monitor(state)
+    theta = {k: float(v) for k, v in tr.problem.theta(np.asarray(vec)).items()}
     return BiLOResult(state, tr.network(state), theta, history, time.perf_counter() - t0, unconverged)
 
 
