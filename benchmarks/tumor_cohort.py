@@ -16,7 +16,8 @@ one row each and a summary block:
   whether the 90% interval contains the truth when the parameter is sampled;
 * whether the MAP solve converged;
 * coverage of the invisible infiltration (true ``0.01 <= u < tau_edema`` in the brain) by the standard CTV /
-  the MAP model CTV / the posterior ensemble's ``P >= 0.5`` CTV, all of the standard plan's volume, per margin;
+  the MAP model CTV / the posterior ensemble's CTV of equal volume (the Vorob'ev expectation, ``ctv_ensemble``),
+  all of the standard plan's volume, per margin;
 * wall time.
 
 Results are kept per patient (``<results>/patient_XXX/row.json``), so ``evaluate`` resumes too.
@@ -41,6 +42,7 @@ from bodil.io import atomic_directory, load_nifti, save_nifti, write_json
 from bodil.progress import as_meter
 from bodil.tumor import Anatomy, CTVSettings, load_segmentation, mni152, run_ctv
 from bodil.tumor.cohort import CohortPriors, cohort_patient
+from bodil.tumor.ctv import core_distance, model_ctv
 
 MAKE_SEED = 2027
 """Seed of the cohort that calibration uses (``evaluate --holdout`` uses a cohort made with another seed)."""
@@ -89,12 +91,64 @@ def load_patient(cohort: str, i: int):
     return folder, truth, anatomy, conc
 
 
-def in_ellipsoid(samples: np.ndarray, truth: np.ndarray, level: float = 0.9) -> tuple[bool, float]:
-    """Whether ``truth`` lies in the ``level`` ellipsoid of the samples' mean and covariance, and its
-    Mahalanobis distance."""
-    mean, cov = samples.mean(axis=0), np.cov(samples.T) + 1e-9 * np.eye(samples.shape[1])
+def in_ellipsoid(samples: np.ndarray, truth: np.ndarray, level: float = 0.9,
+                 weights: np.ndarray | None = None) -> tuple[bool, float]:
+    """Whether ``truth`` lies in the ``level`` ellipsoid of the samples' (weighted) mean and covariance, and
+    its Mahalanobis distance."""
+    w = np.full(len(samples), 1.0 / len(samples)) if weights is None else weights / weights.sum()
+    mean = w @ samples
+    cov = np.cov(samples.T, aweights=w) + 1e-9 * np.eye(samples.shape[1])
     d2 = float((truth - mean) @ np.linalg.solve(cov, truth - mean))
     return d2 <= scipy.stats.chi2.ppf(level, samples.shape[1]), float(np.sqrt(d2))
+
+
+def weighted_interval(x: np.ndarray, w: np.ndarray, level: float = 0.9) -> tuple[float, float]:
+    """The central ``level`` interval of the weighted samples ``x``."""
+    order = np.argsort(x)
+    c = np.cumsum(w[order]) / w.sum()
+    lo, hi = (1 - level) / 2, (1 + level) / 2
+    return float(x[order][np.searchsorted(c, lo)]), float(x[order][min(np.searchsorted(c, hi), len(x) - 1)])
+
+
+def reweighted_coverage(cohort: str, results: str, patients: list[int], lengths: list[float]) -> str:
+    """Coverage of the origin, ``Dw T`` and ``rho T`` for other error-correlation lengths ``l'``, from runs made
+    at a longer ``l`` (a wider posterior): BASIS's final samples reweighted by ``L^(w' - w)``,
+    ``w = min(1, (h / l)^3)``. Valid while the weights' effective sample size stays large (printed)."""
+    import arviz as az
+
+    lines = ["| l' (mm) | origin in 90% | Dw T in 90% | rho T in 90% | median ESS |", "|---|---|---|---|---|"]
+    runs = []
+    for i in patients:
+        out = os.path.join(results, f"patient_{i:03d}", "ctv")
+        if not os.path.exists(os.path.join(out, "summary.json")):
+            continue
+        with open(os.path.join(out, "summary.json"), encoding="utf-8") as f:
+            summary = json.load(f)
+        idata = az.from_netcdf(os.path.join(out, "posterior.nc"))
+        with open(os.path.join(cohort, f"patient_{i:03d}", "truth.json"), encoding="utf-8") as f:
+            truth = json.load(f)
+        runs.append((summary, idata, truth))
+    for length in lengths:
+        hits, ess = {"origin": [], "Dw": [], "rho": []}, []
+        for summary, idata, truth in runs:
+            w = float(idata.attrs["likelihood_weight"])
+            w_new = min(1.0, (summary["box"]["spacing_mm"] / length) ** 3)
+            stored = idata.sample_stats["log_likelihood"].values.ravel()  # w * log L
+            log_r = (w_new / w - 1.0) * stored
+            r = np.exp(log_r - log_r.max())
+            ess.append(r.sum() ** 2 / (r**2).sum())
+            post = idata.posterior
+            xyz = np.stack([post[f"{c}_world"].values.ravel() for c in "xyz"], axis=1)
+            hits["origin"].append(in_ellipsoid(xyz, np.asarray(truth["origin_world"]), weights=r)[0])
+            t_model = summary["settings"]["t_final"]
+            for name, true in (("Dw", truth["dw"] * truth["t_final"]), ("rho", truth["rho"] * truth["t_final"])):
+                if name in post:
+                    lo, hi = weighted_interval(post[name].values.ravel() * t_model, r)
+                    hits[name].append(lo <= true <= hi)
+        n = len(runs)
+        lines.append(f"| {length:g} | " + " | ".join(f"{sum(hits[k])}/{len(hits[k]) or n}" for k in hits)
+                     + f" | {np.median(ess):.0f} |")
+    return "\n".join(lines)
 
 
 def evaluate_one(cohort: str, i: int, results: str, settings: CTVSettings) -> dict:
@@ -133,16 +187,48 @@ def evaluate_one(cohort: str, i: int, results: str, settings: CTVSettings) -> di
             row[f"{name}_in_90"] = bool(q[0] <= true <= q[1])
         if name in theta:
             row[f"{name}_map"] = theta[name]
+    row["cover"] = coverage(out, truth, anatomy, seg, conc, settings.margins_mm)
+    row["min_map_concentration"] = float(load_nifti(os.path.join(out, "map_concentration.nii.gz"), what="u").data.min())
+    return row
+
+
+def coverage(out: str, truth: dict, anatomy, seg, conc, margins_mm) -> dict:
+    """Per margin, the share of the invisible infiltration (true ``0.01 <= u < tau_edema`` in the brain) inside
+    the standard CTV, the MAP model CTV and the ensemble CTV of the run in ``out``."""
     region = (conc >= 0.01) & (conc < truth["tau_edema"]) & anatomy.brain
-    row["cover"] = {}
-    for m in settings.margins_mm:
+    cover = {}
+    for m in margins_mm:
         tag = f"{m:g}mm"
         std = load_nifti(os.path.join(out, f"ctv_standard_{tag}.nii.gz"), what="ctv").data > 0
         mp = load_nifti(os.path.join(out, f"ctv_model_map_{tag}.nii.gz"), what="ctv").data > 0
-        ens = load_nifti(os.path.join(out, f"ctv_probability_{tag}.nii.gz"), what="ctv").data >= 0.5
-        row["cover"][tag] = [float(x[region].mean()) for x in (std, mp, ens)]
-    row["min_map_concentration"] = float(load_nifti(os.path.join(out, "map_concentration.nii.gz"), what="u").data.min())
-    return row
+        ens = ensemble_ctv(out, tag, seg, anatomy, int(std.sum()))
+        cover[tag] = [float(x[region].mean()) for x in (std, mp, ens)]
+    return cover
+
+
+def rescore(cohort: str, results: str, patients: list[int], margins_mm) -> None:
+    """Recompute the coverage of finished rows from their output files (after a change of the measure)."""
+    for i in patients:
+        path = os.path.join(results, f"patient_{i:03d}", "row.json")
+        if not os.path.exists(path):
+            continue
+        folder, truth, anatomy, conc = load_patient(cohort, i)
+        seg = load_segmentation(os.path.join(folder, "seg.nii.gz"), truth["labels"])
+        with open(path, encoding="utf-8") as f:
+            row = json.load(f)
+        row["cover"] = coverage(os.path.join(results, f"patient_{i:03d}", "ctv"), truth, anatomy, seg, conc,
+                                margins_mm)
+        write_json(path, row)
+
+
+def ensemble_ctv(out: str, tag: str, seg, anatomy, n_voxels: int) -> np.ndarray:
+    """The run's equal-volume ensemble CTV; for runs made before bodil wrote ``ctv_ensemble_*``, the same
+    top-``n`` of the CTV probability (ties by distance to the core) computed from ``ctv_probability_*``."""
+    path = os.path.join(out, f"ctv_ensemble_{tag}.nii.gz")
+    if os.path.exists(path):
+        return load_nifti(path, what="ctv").data > 0
+    prob = load_nifti(os.path.join(out, f"ctv_probability_{tag}.nii.gz"), what="ctv").data
+    return model_ctv(prob, anatomy.brain | seg.core, n_voxels, tie_break=core_distance(seg.core, anatomy.spacing))
 
 
 def evaluate(cohort: str, results: str, patients: list[int], settings: CTVSettings) -> list[dict]:
@@ -213,6 +299,12 @@ def main(argv=None):
     ev.add_argument("--samples", type=int)
     ev.add_argument("--sample", nargs="+", help="CTVSettings.posterior_parameters (default: the origin)")
     ev.add_argument("--fit", nargs="+", help="CTVSettings.map_parameters (default: Dw rho x0 y0 z0)")
+    ev.add_argument("--error-correlation", type=float, help="CTVSettings.error_correlation_mm (default 15)")
+    ev.add_argument("--reweight", type=float, nargs="+", metavar="L",
+                    help="print the coverage at these error-correlation lengths (mm) by reweighting finished runs "
+                         "made at a longer one, and stop")
+    ev.add_argument("--rescore", action="store_true",
+                    help="recompute the coverage of the finished rows from their files, then print the table")
     args = ap.parse_args(argv)
     if args.command == "make":
         make(args.out, args.patients, args.seed)
@@ -224,12 +316,18 @@ def main(argv=None):
     if patients is None:
         with open(os.path.join(args.cohort, "manifest.json"), encoding="utf-8") as f:
             patients = list(range(json.load(f)["patients"]))
-    over = {k: v for k, v in (("grid", args.grid), ("num_samples", args.samples)) if v is not None}
+    over = {k: v for k, v in (("grid", args.grid), ("num_samples", args.samples),
+                              ("error_correlation_mm", args.error_correlation)) if v is not None}
     if args.fit:
         over["map_parameters"] = tuple(args.fit)
     if args.sample:
         over["posterior_parameters"] = tuple(args.sample)
     settings = dataclasses.replace(CTVSettings(), **over)
+    if args.reweight:
+        print(reweighted_coverage(args.cohort, args.results, patients, args.reweight))
+        return
+    if args.rescore:
+        rescore(args.cohort, args.results, patients, settings.margins_mm)
     rows = evaluate(args.cohort, args.results, patients, settings)
     print(f"# cohort {args.cohort}: {len(rows)} patients; grid {settings.grid}^3 x {settings.time_points}, "
           f"{settings.num_samples} samples")

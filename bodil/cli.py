@@ -1,9 +1,10 @@
 """The ``bodil`` command.
 
-    bodil ctv --seg SEG (--wm WM --gm GM [--csf CSF] | --tissue-labels MAP | --atlas mni152)
+    bodil ctv --seg SEG (--wm WM --gm GM [--csf CSF] | --tissue-labels MAP | --atlas mni152 | --t1 T1)
               --labels brats2021 --out DIR [--samples N --grid N --time-points N --seed S]
+    bodil ctv --brats-dir DIR --out DIR [...]      (a BraTS case's files; tissue from its T1)
     bodil synth --out DIR [--resolution 2 --origin X Y Z --dw DW --rho RHO --t-final T]
-    bodil demo [--out DIR]
+    bodil demo [--out DIR] [--native]
     bodil dataset --out DIR [--size 64 --spacing 2 --train N --val N --test N --seed S --resume]
     bodil train-surrogate --data DIR --out FILE [--epochs E --batch B --width C --resume]
     bodil dataset-steady --out DIR [--train N --val N --test N --seed S --paper --resume]
@@ -70,12 +71,12 @@ def _settings(args):
 def _anatomy(args):
     from .tumor import load_tissue, load_tissue_labels, mni152
 
-    given = [bool(args.wm or args.gm), bool(args.tissue_labels), bool(args.atlas)]
+    given = [bool(args.wm or args.gm), bool(args.tissue_labels), bool(args.atlas), bool(args.t1)]
     if sum(given) != 1:
         from .io import InputError
 
         raise InputError("bodil ctv: give the tissue exactly one way: --wm WM --gm GM [--csf CSF], "
-                         "--tissue-labels MAP, or --atlas mni152.")
+                         "--tissue-labels MAP, --atlas mni152, or --t1 T1 (maps by atlas registration).")
     if args.atlas:
         return mni152(args.resolution), {"atlas": f"mni152 ({args.resolution} mm, nilearn)"}
     if args.tissue_labels:
@@ -93,12 +94,40 @@ def ctv(args) -> int:
     from .tumor.pipeline import run_ctv
     from .tumor.segmentation import load_segmentation
 
-    seg = load_segmentation(args.seg, args.labels)
-    anatomy, files = _anatomy(args)
+    _brats_case(args)
+    if not args.seg:
+        from .io import InputError
+
+        raise InputError("bodil ctv: give the segmentation (--seg SEG) or a BraTS case folder (--brats-dir DIR).")
+    seg = load_segmentation(args.seg, args.labels or "brats2021")
+    native = None
+    if args.t1 and not (args.wm or args.gm or args.tissue_labels or args.atlas):  # tissue by atlas registration
+        from .tumor.registration_qc import check_sequences, native_tissue
+
+        files = check_sequences({k: getattr(args, k) for k in ("t1", "t1c", "t2", "flair")})
+        native = native_tissue(args.t1, seg, progress=True)
+    anatomy, files = (native.anatomy, files) if native else _anatomy(args)
     res = run_ctv(seg, anatomy, args.out, settings=_settings(args), patient_id=args.patient_id,
-                  inputs={"segmentation": args.seg, **files}, overwrite=args.overwrite, resume=args.resume)
+                  inputs={"segmentation": args.seg, **files}, overwrite=args.overwrite, resume=args.resume,
+                  registration=native)
     _print_result(res)
     return 0
+
+
+def _brats_case(args) -> None:
+    """``--brats-dir``: the case's files into ``args`` (explicit options win) and what was found on stdout."""
+    if not args.brats_dir:
+        return
+    from .tumor.brats import find_brats_case
+
+    case = find_brats_case(args.brats_dir)
+    print(case.describe())
+    tissue_given = bool(args.wm or args.gm or args.tissue_labels or args.atlas)
+    for key in ("seg", "t1", "t1c", "t2", "flair"):
+        if getattr(args, key) is None and not (key == "t1" and tissue_given):  # given maps: no registration
+            setattr(args, key, getattr(case, key))
+    args.labels = args.labels or case.labels
+    args.patient_id = args.patient_id or case.case_id
 
 
 def _print_result(res) -> None:
@@ -140,6 +169,8 @@ def demo(args) -> int:
 
     start = time.perf_counter()
     out = os.path.abspath(args.out)
+    if args.native:
+        return _demo_native(args, out, start)
     print("bodil demo: a synthetic glioma grown on the MNI152 anatomy (2 mm), then its posterior CTV ensemble")
     anatomy = mni152(2)
     patient = synthetic_patient(anatomy)
@@ -151,6 +182,31 @@ def demo(args) -> int:
     res = run_ctv(seg, anatomy, os.path.join(out, "ctv"), settings=_settings(args), patient_id="synthetic-demo",
                   truth=t, inputs={"segmentation": paths["seg"], "atlas": "mni152 (2 mm, nilearn)"}, overwrite=True,
                   resume=True)  # an interrupted demo continues where it stopped
+    _print_result(res)
+    print(f"demo finished in {time.perf_counter() - start:.0f} s")
+    return 0
+
+
+def _demo_native(args, out, start) -> int:
+    """``demo --native``: a warped-atlas patient in its own space (T1 + segmentation), tissue by registration."""
+    import time
+
+    from .tumor.pipeline import run_ctv
+    from .tumor.registration_qc import native_tissue
+    from .tumor.segmentation import load_segmentation
+    from .tumor.warped_patient import warped_patient, write_warped_patient
+
+    print("bodil demo --native: the MNI152 atlas warped into a patient's own space (2 mm, a lesion with mass "
+          "effect), tissue maps by registering the atlas to its T1, then the posterior CTV ensemble")
+    paths = write_warped_patient(warped_patient(0, shape=(120, 120, 78), spacing_mm=2.0, resolution=2),
+                                 os.path.join(out, "patient"), overwrite=True)
+    print(f"patient: {paths['t1']}, {paths['seg']} (true tissue maps beside them)")
+    seg = load_segmentation(paths["seg"], "brats2021")
+    native = native_tissue(paths["t1"], seg, progress=True)
+    res = run_ctv(seg, native.anatomy, os.path.join(out, "ctv"), settings=_settings(args),
+                  patient_id="warped-atlas-demo", inputs={"segmentation": paths["seg"], "t1": paths["t1"]},
+                  overwrite=True, registration=native)
+    print(f"registration: NCC {native.result.similarity['ncc']:.3f}; maps and QC figure in {res.out}")
     _print_result(res)
     print(f"demo finished in {time.perf_counter() - start:.0f} s")
     return 0
@@ -243,10 +299,18 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("ctv", help="posterior CTV ensemble and report from a segmentation and tissue maps")
-    p.add_argument("--seg", required=True, help="tumour segmentation (NIfTI)")
-    p.add_argument("--labels", default="brats2021",
+    p.add_argument("--seg", help="tumour segmentation (NIfTI); required unless --brats-dir")
+    p.add_argument("--labels",
                    help="label convention: brats2021 (1 necrosis, 2 edema, 4 enhancing), brats2023 (1 non-enhancing "
-                        "core, 2 edema, 3 enhancing) or a mapping like '1:core,2:edema,4:core' (default brats2021)")
+                        "core, 2 edema, 3 enhancing) or a mapping like '1:core,2:edema,4:core' (default brats2021; "
+                        "with --brats-dir: from the files' naming)")
+    p.add_argument("--brats-dir", help="folder of one BraTS case (2021: *_t1, *_t1ce, *_t2, *_flair, *_seg; 2023+: "
+                   "*-t1n, *-t1c, *-t2w, *-t2f, *-seg): segmentation, T1 and label convention from it")
+    p.add_argument("--t1", help="the patient's T1 (NIfTI): tissue maps by registering the MNI152 atlas to it "
+                   "(dipy affine + SyN, the tumour left out); the maps are written to --out")
+    p.add_argument("--t1c", help="T1 with contrast (NIfTI; checked and recorded, not used by the model)")
+    p.add_argument("--t2", help="T2 (NIfTI; checked and recorded, not used by the model)")
+    p.add_argument("--flair", help="FLAIR (NIfTI; checked and recorded, not used by the model)")
     p.add_argument("--wm", help="white-matter fraction map (NIfTI, same grid as --seg)")
     p.add_argument("--gm", help="grey-matter fraction map")
     p.add_argument("--csf", help="CSF fraction map (optional)")
@@ -271,6 +335,8 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("demo", help="the built-in default case end to end (synthetic patient on MNI152)")
     p.add_argument("--out", default="bodil-demo", help="output folder (default: ./bodil-demo)")
+    p.add_argument("--native", action="store_true",
+                   help="a patient in its own space: T1 + segmentation, tissue maps by atlas registration")
     _size_options(p)
 
     p = sub.add_parser("dataset", help="Fisher-Kolmogorov training data for the surrogate (MNI152 anatomy)")

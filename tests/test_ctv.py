@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from bodil.tumor import ctv, ensemble
+from bodil.tumor._masks import top_k
 
 
 def ball(shape, centre, radius_mm, spacing=(1.0, 1.0, 1.0)):
@@ -88,6 +89,13 @@ def test_model_ctv_is_the_exact_top_k_with_ties(seed):
             assert mask.sum() == k
             assert not (mask & ~brain).any()
             assert np.array_equal(mask, brute_force_top_k(u, brain, k, tb))
+            if tb is not None:  # the streaming path: positives first, zeros in a precomputed tie order
+                values, ties = u[brain], tb[brain]
+                idx, thr_fast = top_k(values, k, ties, np.argsort(ties, kind="stable"))
+                fast = np.zeros(values.size, bool)
+                fast[idx] = True
+                assert np.array_equal(fast, brute_force_top_k(u, brain, k, tb)[brain])
+                assert idx.size == k and (not k or thr_fast == thr)
             if k:
                 assert thr == np.sort(u[brain])[::-1][k - 1]
                 assert (u[mask] >= thr).all() and (u[brain & ~mask] <= thr).all()
@@ -206,6 +214,12 @@ def test_ensemble_of_shifted_balls_spread_matches_the_shift():
     assert np.array_equal(r.probability, (masks[0].astype(float) + masks[1]) / 2)
     # each sample is about half the shift from the consensus (the intersection, P >= 0.5)
     assert np.all(r.consensus_mean_surface_mm < shift)
+    # the equal-volume ensemble CTV (Vorob'ev): both masks' intersection (P = 1), then the P = 1/2 voxels
+    # nearest the core; the brute-force top-k of P with the same tie-break
+    assert r.ensemble.sum() == r.n_voxels and r.ensemble_level == 0.5
+    assert (masks[0] & masks[1] <= r.ensemble).all() and (r.ensemble <= (masks[0] | masks[1])).all()
+    assert np.array_equal(r.ensemble, brute_force_top_k(r.probability, brain, r.n_voxels,
+                                                        ctv.core_distance(core, spacing)))
 
 
 def test_ensemble_streaming_matches_array_and_bounds_kept_masks():

@@ -1,5 +1,6 @@
 """Clinician report: both files written atomically, expected pages, tables and images, orientation."""
 
+import dataclasses
 import os
 import re
 
@@ -77,6 +78,14 @@ def test_report_paginates_margins(tmp_path, monkeypatch):
     # summary + 2 slice pages (3 + 1 margins) + initial position + notes
     assert count_pages(open(pdf_path, "rb").read()) == 5
     assert open(html_path, encoding="utf-8").read().count("data:image/png;base64,") == 3
+    # an extra figure (the registration's quality control) is one more page and one more image
+    from matplotlib.figure import Figure
+
+    content = dataclasses.replace(content, figures=(("Atlas registration: quality control", Figure()),))
+    pdf_path, html_path = report.write_report(content, tmp_path / "qc")
+    assert count_pages(open(pdf_path, "rb").read()) == 6
+    html = open(html_path, encoding="utf-8").read()
+    assert html.count("data:image/png;base64,") == 4 and "Atlas registration: quality control" in html
 
 
 def test_long_notes_continue_on_new_pages():

@@ -161,6 +161,10 @@ def test_initial_conditions():
     assert float(jnp.max(c)) <= 1.0 and float(jnp.min(c[c > 0])) > 0.1
     big = residuals.clipped_gaussian_profile(th, g3, ("x0", "y0", "z0"), mass=1e5, dt2=15.0)
     assert float(jnp.max(big)) == 1.0
+    # a seed scaled before the clip: the same support (cut where the reference is <= 0.1), s times the height
+    for s in (0.01, 0.5, 3.0):
+        scaled = residuals.clipped_gaussian_profile({**th, "s": s}, g3, ("x0", "y0", "z0"), 1500.0, 15.0, scale="s")
+        np.testing.assert_allclose(scaled, np.where(raw <= 0.1, 0.0, np.minimum(s * raw, 1.0)), rtol=1e-12)
 
 
 def test_missing_parameter_message():

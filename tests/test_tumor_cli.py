@@ -45,7 +45,8 @@ def check_every_product(patient, out, printed):
     expected = {"map_concentration.nii.gz", "posterior_mean.nii.gz", "posterior_std.nii.gz", "posterior.nc",
                 "summary.json", "report.pdf", "report.html"}
     for m in ("10mm", "15mm", "20mm"):
-        expected |= {f"ctv_probability_{m}.nii.gz", f"ctv_standard_{m}.nii.gz", f"ctv_model_map_{m}.nii.gz"}
+        expected |= {f"ctv_probability_{m}.nii.gz", f"ctv_standard_{m}.nii.gz", f"ctv_model_map_{m}.nii.gz",
+                     f"ctv_ensemble_{m}.nii.gz"}
     assert names == expected  # everything, and no temporary left behind
     seg = nib.load(patient / "seg.nii.gz")
     for name in ("map_concentration", "ctv_probability_15mm", "ctv_standard_15mm"):
@@ -57,6 +58,8 @@ def check_every_product(patient, out, printed):
     assert 0.0 <= prob.min() and prob.max() <= 1.0
     # every sample's model CTV has the standard plan's volume, so the probabilities sum to that volume
     assert model_map.sum() == standard.sum()
+    ensemble = np.asarray(nib.load(out / "ctv_ensemble_10mm.nii.gz").dataobj) > 0
+    assert ensemble.sum() == standard.sum() and prob[ensemble].min() >= prob[~ensemble].max()
     assert prob.sum() == pytest.approx(standard.sum(), rel=1e-5)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["settings"]["num_samples"] == 6 and len(summary["ctv"]) == 3
@@ -84,13 +87,13 @@ def check_a_killed_run_resumes_to_the_same_result(patient, reference, tmp_path, 
         "import os, signal, sys\n"
         "from bodil.cli import main\n"
         "from bodil.tumor import pipeline\n"
-        "evaluate, calls = pipeline.ForwardLikelihood.__call__, []\n"
-        "def call(self, theta):\n"
+        "evaluate, calls = pipeline.ForwardLikelihood.batch, []\n"
+        "def call(self, thetas):\n"
         "    calls.append(1)\n"
-        "    if len(calls) == 15:  # 6 particles: stage 0 takes 6, stage 1 up to 6 x lmax (3) Metropolis steps\n"
+        "    if len(calls) == 3:  # batched: stage 0 is one batch of 6, stage 1 one batch per Metropolis sweep\n"
         "        os.kill(os.getpid(), signal.SIGKILL)\n"
-        "    return evaluate(self, theta)\n"
-        "pipeline.ForwardLikelihood.__call__ = call\n"
+        "    return evaluate(self, thetas)\n"
+        "pipeline.ForwardLikelihood.batch = call\n"
         "sys.exit(main(sys.argv[1:]))\n")
     proc = subprocess.run([sys.executable, "-c", killer, *args(out)], capture_output=True, text=True)
     assert proc.returncode == -9, proc.stderr

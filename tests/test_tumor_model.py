@@ -53,6 +53,20 @@ def test_forward_solution_satisfies_the_odil_residual_to_discretisation_error():
     assert float(jnp.sqrt(jnp.mean(r**2))) > 5 * norms[1]
 
 
+def test_seed_of_mass_m_is_the_papers_seed_scaled_and_smaller_seeds_grow_less():
+    wm, gm, side = phantom(12)
+    classes = np.zeros((12,) * 3, np.int8)
+    classes[6, 6, 6] = 2
+    model = tumor_model(wm, gm, classes, side, nt=5)
+    ref = np.asarray(model.initial_condition(TRUTH))  # no M: the paper's seed (M = 1500)
+    np.testing.assert_allclose(model.initial_condition({**TRUTH, "M": 1500.0}), ref, rtol=1e-14)
+    np.testing.assert_allclose(model.initial_condition({**TRUTH, "M": 150.0}), 0.1 * ref, rtol=1e-12)
+    small, paper = (float(np.sum(model.forward({**TRUTH, "M": m})[-1])) for m in (15.0, 1500.0))
+    assert 0 < small < paper
+    fixed = model.with_fixed(TRUTH, infer=ORIGIN)  # M not in TRUTH: the paper's 1500
+    assert fixed.posterior.params.fixed["M"] == 1500.0
+
+
 def test_no_tumour_grows_outside_tissue():
     model, u_final = synthetic(n=12, nt=9)
     outside = (model.wm + model.gm) < 0.1
@@ -208,3 +222,12 @@ def test_inner_solve_at_the_bound_is_a_constrained_minimum():
     scale = np.max(np.abs(g))
     assert np.all(g[at_zero] >= -1e-6 * scale)
     assert np.max(np.abs(g[inside])) <= 1e-6 * scale
+
+
+def test_settings_refuse_a_free_seed_mass_with_the_surrogate():
+    from bodil.tumor import CTVSettings
+
+    assert CTVSettings(map_parameters=("Dw", "rho", "M", *ORIGIN)).map_parameters[2] == "M"
+    for where in ("inner", "initializer"):
+        with pytest.raises(ValueError, match="seed's mass M"):
+            CTVSettings(map_parameters=("Dw", "rho", "M", *ORIGIN), **{where: "surrogate"})

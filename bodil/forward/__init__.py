@@ -10,8 +10,8 @@ two-source diffusion surrogate of Toledo-Marín et al. (2021): ``steady`` (probl
 
 from .crank_nicolson import crank_nicolson_march
 from .fd import cfl_time_step, solve_reaction_diffusion
-from .fk import fk_initial_condition, solve_fk
+from .fk import BatchedFK, fk_initial_condition, solve_fk
 from .fk_split import solve_fk_split
 
-__all__ = ["cfl_time_step", "crank_nicolson_march", "fk_initial_condition", "solve_fk", "solve_fk_split",
+__all__ = ["BatchedFK", "cfl_time_step", "crank_nicolson_march", "fk_initial_condition", "solve_fk", "solve_fk_split",
            "solve_reaction_diffusion"]

@@ -20,7 +20,9 @@ clipped at 1, with ``M = 1500`` and ``Dt^2 = 15 mm^2`` (``bodil.residuals.initia
 ``SEED_CUTOFF``).
 
 Everything is JAX (one compiled time loop per grid shape and dtype), so it runs unchanged on a GPU. The
-dtype is taken from ``u0``.
+dtype is taken from ``u0``. ``solve_fk`` checks its inputs and counts the steps on the host; ``BatchedFK`` is the
+same solver as one pure function of ``(u0, Dw, Dg, rho)`` on fixed tissue maps, for ``jax.jit`` and ``jax.vmap``
+(many runs at once, as a BASIS stage needs).
 """
 
 from __future__ import annotations
@@ -102,15 +104,15 @@ def _faces(wm, gm, dw, dg, threshold, spacing):
     return faces, jnp.max(jnp.where(tissue, d, 0.0))
 
 
+def _euler(v, faces, rho, dt):
+    """One forward-Euler step ``v + dt (A v + rho v (1 - v))`` (walled axes; leading batch axes broadcast)."""
+    return v + dt * (stencil.diffusion_operator(v, faces, (False,) * len(faces)) + rho * v * (1.0 - v))
+
+
 @jax.jit
 def _advance(u, faces, rho, dt, n):
     """``n`` forward-Euler steps of ``u += dt (A u + rho u (1 - u))`` (walled axes)."""
-    periodic = (False,) * len(faces)
-
-    def step(_, v):
-        return v + dt * (stencil.diffusion_operator(v, faces, periodic) + rho * v * (1.0 - v))
-
-    return jax.lax.fori_loop(0, n, step, u)
+    return jax.lax.fori_loop(0, n, lambda _, v: _euler(v, faces, rho, dt), u)
 
 
 def _check_field(name: str, value, shape, dtype):
@@ -198,3 +200,162 @@ def solve_fk(u0, wm, gm, spacing_mm, *, dw: float, dg: float, rho: float, t_fina
                  lambda n: f"solve_fk: {n} time steps needed (dt <= {dt_max:.3g} days for h = {h} mm, "
                            f"Dmax = {d_max:.3g} mm^2/day, rho = {rho:.3g}/day); coarsen the grid, shorten "
                            f"t_final or raise max_steps.")
+
+
+@jax.tree_util.register_pytree_node_class
+class BatchedFK:
+    """``solve_fk`` on fixed tissue maps as a pure JAX function of ``(u0, Dw, Dg, rho)``: ``jit``- and ``vmap``-able.
+
+    ``solve(u0, dw, dg, rho)`` takes the steps ``solve_fk(u0, wm, gm, spacing_mm, dw=dw, dg=dg, rho=rho,
+    t_final=times[-1], times=times, ...)`` takes: each interval up to an output time is split into
+    ``n = ceil(span / dt_max)`` equal steps, ``dt_max = min(safety / (2 sum_k Dmax / h_k^2), max_rho_dt / rho)``,
+    with the same floating-point operations, so the two agree to rounding. The step count is computed on the
+    device (no host synchronisation), the intervals run in ``lax.scan`` and the steps of each in a
+    ``lax.fori_loop`` with that count. Under ``jax.vmap`` every member keeps its own steps; the loop runs as
+    many steps as the batch's largest count, holding the members that are done, so a batch of similar rates
+    costs what its slowest member costs (``steps`` gives the counts, to group runs of similar cost).
+
+    Args:
+        wm, gm: white- and grey-matter fractions in ``[0, 1]`` (checked once, kept on the device).
+        spacing_mm: voxel size ``h`` in mm, one number or one per axis.
+        times: increasing output times in ``[0, times[-1]]`` (days); the run starts at ``t = 0``.
+        tissue_threshold, safety, max_rho_dt: as in ``solve_fk``.
+        max_steps: most steps per interval; ``steps`` refuses more, ``solve`` returns NaN for such a run.
+        dtype: of the fields (default JAX's default float). The step sizes are computed in JAX's default
+            float (float64 with ``jax_enable_x64``, as ``solve_fk``'s on the host).
+        final_only: ``solve`` returns only the field at ``times[-1]`` (a batch of runs then holds one field each).
+
+    The object is a pytree whose leaves are the tissue maps: pass it as an argument into a function that
+    ``jax.jit`` compiles (``jax.jit(f)(solver, ...)``, ``jax.vmap(..., in_axes=(None, ...))``) rather than
+    closing over it, so that the maps are inputs of the compiled program, not constants folded into it.
+
+    Raises:
+        ValueError: for maps of different shapes or outside ``[0, 1]``, bad spacing, times or step settings.
+    """
+
+    def __init__(self, wm, gm, spacing_mm, times, *, tissue_threshold: float = TISSUE_THRESHOLD,
+                 safety: float = SAFETY, max_rho_dt: float = MAX_RHO_DT, max_steps: int = 10_000_000, dtype=None,
+                 final_only: bool = False):
+        self.dtype = jnp.dtype(jnp.result_type(float) if dtype is None else dtype)
+        self.shape = tuple(np.shape(wm))
+        self.spacing = _spacing(spacing_mm, len(self.shape), "BatchedFK")
+        self.wm = _check_field("wm", wm, self.shape, self.dtype)
+        self.gm = _check_field("gm", gm, self.shape, self.dtype)
+        _check_rates(0.0, 0.0, 0.0, 0.0, safety, max_rho_dt)
+        times = np.asarray(times, dtype=float)
+        self.times = output_times(times, float(times.reshape(-1)[-1]), "BatchedFK")
+        self.spans = np.diff(np.concatenate([[0.0], self.times]))  # float(target) - t, as march computes them
+        self.threshold, self.safety, self.max_rho_dt = float(tissue_threshold), float(safety), float(max_rho_dt)
+        self.max_steps, self.final_only = int(max_steps), bool(final_only)
+        host = np.stack([np.asarray(self.wm, float), np.asarray(self.gm, float)], -1).reshape(-1, 2)
+        tissue = host[host.sum(axis=1) >= self.threshold]
+        self._front = _upper_front(tissue)  # Dmax = max over these of Dw c_w + Dg c_g for any Dw, Dg >= 0
+
+    def tree_flatten(self):
+        static = (self.dtype, self.shape, self.spacing, tuple(self.spans), self.threshold, self.safety,
+                  self.max_rho_dt, self.max_steps, self.final_only)
+        return (self.wm, self.gm), static
+
+    @classmethod
+    def tree_unflatten(cls, static, leaves):
+        self = object.__new__(cls)
+        (self.dtype, self.shape, self.spacing, spans, self.threshold, self.safety, self.max_rho_dt, self.max_steps,
+         self.final_only) = static
+        self.spans, self.times, self._front = np.asarray(spans), np.cumsum(spans), None
+        self.wm, self.gm = leaves
+        return self
+
+    def solve(self, u0, dw, dg, rho):
+        """The fields at ``times`` (``(len(times), *shape)``; ``shape`` with ``final_only``) from ``u0``, for
+        scalar ``dw``, ``dg``, ``rho`` (arrays or numbers); compiled, ``vmap``-able."""
+        return _solve(self, u0, dw, dg, rho)
+
+    def _step_counts(self, d_max, rho, xp):
+        """Steps per interval (``march``'s count) from ``Dmax`` and ``rho`` (``xp``: ``numpy`` or ``jax.numpy``)."""
+        dt_d = self.safety / (2.0 * sum(xp.where(d_max > 0, d_max, 1.0) / h**2 for h in self.spacing))
+        dt_d = xp.where(d_max > 0, dt_d, xp.inf)
+        dt_max = xp.minimum(dt_d, xp.where(rho > 0, self.max_rho_dt / xp.where(rho > 0, rho, 1.0), xp.inf))
+        spans = xp.asarray(self.spans)
+        n = xp.where(xp.isinf(dt_max)[..., None], 1.0, xp.ceil(spans / dt_max[..., None] - 1e-9))
+        return xp.where(spans > 0, n, 0.0)
+
+    def _run(self, u0, dw, dg, rho, batch: bool = False):
+        """The run (``batch``: of stacked members, the steps of each interval looped up to the largest count and
+        those of a member that is done taken with ``dt = 0``, exactly its state: ``vmap`` without its select)."""
+        wide = jnp.result_type(float)
+        n_rho = jnp.asarray(rho, wide)
+        u0 = jnp.asarray(u0, self.dtype)
+        dw, dg, rho = (jnp.asarray(v, self.dtype) for v in (dw, dg, rho))
+        threshold, axes = jnp.asarray(self.threshold, self.dtype), (1,) * len(self.shape)
+
+        def faces_of(a, c):
+            return _faces(self.wm, self.gm, a, c, threshold, self.spacing)
+
+        faces, d_max = (jax.vmap(faces_of) if batch else faces_of)(dw, dg)
+        n = self._step_counts(d_max.astype(wide), n_rho, jnp)
+        refused = jnp.any(n > self.max_steps, axis=-1)
+        n = jnp.where(refused[..., None], 0.0, n)
+        dts = (jnp.asarray(self.spans, wide) / jnp.where(n > 0, n, 1.0)).astype(self.dtype)
+        rho = rho.reshape(rho.shape + axes)
+
+        def interval(u, step):
+            dt, k = step
+            if batch:
+                dt, k = dt.reshape(dt.shape + axes), k.reshape(k.shape + axes)
+                u = jax.lax.fori_loop(0, jnp.max(k).astype(jnp.int32),
+                                      lambda i, v: _euler(v, faces, rho, jnp.where(i < k, dt, 0)), u)
+            else:
+                u = _advance(u, faces, rho, dt, k.astype(jnp.int32))
+            return u, (None if self.final_only else u)
+
+        u, out = jax.lax.scan(interval, u0, (dts.T, n.T))
+        out = u if self.final_only else jnp.moveaxis(out, 0, int(batch))
+        return jnp.where(refused.reshape(refused.shape + (1,) * (out.ndim - refused.ndim)), jnp.nan, out)
+
+    def steps(self, dw, dg, rho) -> np.ndarray:
+        """Total steps of each run (host arithmetic; equal to ``solve``'s counts up to the rounding of ``Dmax``).
+
+        Args:
+            dw, dg, rho: numbers or 1-d arrays of the same length (non-negative).
+
+        Returns:
+            Integer array of the broadcast shape of the inputs.
+
+        Raises:
+            ValueError: when a run needs more than ``max_steps`` steps in one interval (as ``solve_fk``).
+        """
+        dw, dg, rho = np.broadcast_arrays(*(np.asarray(v, float) for v in (dw, dg, rho)))
+        if np.any(~np.isfinite(dw + dg + rho)) or np.any(dw < 0) or np.any(dg < 0) or np.any(rho < 0):
+            raise ValueError("BatchedFK.steps: dw, dg and rho must be finite and non-negative.")
+        d_max = np.max(dw[..., None] * self._front[:, 0] + dg[..., None] * self._front[:, 1], axis=-1,
+                       initial=0.0)
+        n = self._step_counts(d_max, rho, np)
+        if np.any(n > self.max_steps):
+            i = np.unravel_index(np.argmax(n.max(axis=-1)), dw.shape)
+            raise ValueError(f"BatchedFK: {int(n[i].max())} time steps needed in one interval (h = {self.spacing} "
+                             f"mm, Dmax = {d_max[i]:.3g} mm^2/day, rho = {rho[i]:.3g}/day); coarsen the grid, "
+                             f"shorten the times or raise max_steps.")
+        return n.sum(axis=-1).astype(np.int64)
+
+    def solve_batch(self, u0, dw, dg, rho):
+        """``jax.vmap(solve)`` over a stacked batch (leading axis of every argument), computed as one batched
+        loop (no ``vmap`` select per step); equal to ``solve`` of each member to rounding."""
+        return _solve(self, u0, dw, dg, rho, batch=True)
+
+    def __call__(self, u0, dw, dg, rho):
+        """``solve_batch`` after ``steps`` checked the step counts on the host."""
+        self.steps(dw, dg, rho)
+        return self.solve_batch(u0, dw, dg, rho)
+
+
+_solve = jax.jit(BatchedFK._run, static_argnames="batch")
+
+
+def _upper_front(points: np.ndarray) -> np.ndarray:
+    """The points of ``(k, 2)`` not dominated in both coordinates by another: where ``a x + b y`` (``a, b >= 0``)
+    takes its maximum over all of them."""
+    if len(points) == 0:
+        return np.zeros((1, 2))
+    p = points[np.lexsort((-points[:, 1], -points[:, 0]))]  # by x descending, then y descending
+    best_before = np.concatenate([[-np.inf], np.maximum.accumulate(p[:, 1])[:-1]])
+    return p[p[:, 1] > best_before]

@@ -17,8 +17,11 @@ every executor when ``fn`` is deterministic.
   JAX compilations and other caches survive from one task to the next.
 * ``BatchExecutor``: ``fn`` takes the whole batch (a dict of stacked arrays, leading axis = batch) and
   returns stacked results; for likelihoods vectorised by hand (numpy, a GPU solver).
-* ``VmapExecutor``: ``jit(vmap(fn))`` over the stacked batch, for a pure JAX ``fn``; batches are padded
-  to a power of two (or cut into chunks of ``batch_size``) so that few shapes are compiled.
+* ``VmapExecutor``: ``jit(vmap(fn))`` over the stacked batch, for a pure JAX ``fn``; batches are cut into
+  chunks of at most ``batch_size`` and padded to a power of two so that few shapes are compiled.
+
+Batch executors can order a batch by a ``cost(theta)`` before cutting it into chunks, so that the members of a
+chunk cost about the same (a vmapped loop runs as long as its slowest member).
 
 Executors that can run evaluations independently (``PoolExecutor``, ``DaskExecutor``) also have
 
@@ -205,43 +208,63 @@ def _unstack(out: Any, m: int) -> list[Any]:
 
 
 class BatchExecutor:
-    """Call ``fn`` once on the stacked batch: ``fn({name: array (m, *shape)})`` returns ``(m,)`` log-likelihoods
-    (or ``((m,), extras)``, ``((m,), extras, stats)`` with leaves of leading axis ``m``).
+    """Call ``fn`` once per chunk of the stacked batch: ``fn({name: array (m, *shape)})`` returns ``(m,)``
+    log-likelihoods (or ``((m,), extras)``, ``((m,), extras, stats)`` with leaves of leading axis ``m``).
+
+    All chunks are submitted before any result is read back, so a ``fn`` that dispatches asynchronously (JAX)
+    keeps its results on the device until the whole batch is done.
 
     Args:
-        batch_size: evaluate at most this many at a time (``None``: the whole batch in one call).
+        batch_size: evaluate at most this many at a time (``None``: the whole batch in one call): the bound
+            on the memory of one call.
+        cost: optional ``cost(theta) -> number``. The batch is then evaluated in order of increasing cost, so
+            that each chunk holds evaluations of similar cost (a vmapped solver whose step count varies runs
+            as long as the slowest member of its chunk); the results still come back in the order given.
+        pad: pad every chunk (repeating its last theta) to the next power of two, at most ``batch_size``, so
+            that a jitted ``fn`` is compiled for a handful of shapes; an integer ``p``: to the next power of two
+            that is at least ``p`` (fewer shapes still, for a few wasted evaluations). ``None``: ``False``
+            (``True`` for ``VmapExecutor``).
     """
 
-    pad = False
+    pad: bool | int = False
 
-    def __init__(self, batch_size: int | None = None):
+    def __init__(self, batch_size: int | None = None, *, cost: Callable[[Theta], float] | None = None,
+                 pad: bool | int | None = None):
         where = type(self).__name__
         self.batch_size = None if batch_size is None else _checks.integer(where, "batch_size (or None)", batch_size, 1)
+        if cost is not None and not callable(cost):
+            raise TypeError(f"{where}: cost must be a function theta -> number or None, got {type(cost).__name__}.")
+        self.cost = cost
+        if pad is not None:
+            self.pad = pad if isinstance(pad, bool) else _checks.integer(where, "pad (or a bool)", pad, 1)
 
     def _batched(self, fn: Callable) -> Callable:
         return fn
 
     def _padded_size(self, m: int) -> int:
-        if self.batch_size is not None:
-            return self.batch_size
-        return 1 << max(m - 1, 0).bit_length()
+        size = 1 << max(m - 1, int(self.pad) - 1, 0).bit_length()
+        return size if self.batch_size is None else min(size, self.batch_size)
 
     def evaluate(self, fn: Callable, thetas: Sequence[Theta]) -> list[Any]:
         if len(thetas) == 0:
             return []
-        f, stacked, m = self._batched(fn), _stack(thetas), len(thetas)
+        m = len(thetas)
+        order = np.arange(m) if self.cost is None else np.argsort([float(self.cost(t)) for t in thetas], kind="stable")
+        f, stacked = self._batched(fn), _stack([thetas[i] for i in order])
         size = self.batch_size or m
-        results: list[Any] = []
+        pending = []
         for start in range(0, m, size):
             chunk = {k: v[start:start + size] for k, v in stacked.items()}
             k = len(next(iter(chunk.values())))
             if self.pad and self._padded_size(k) > k:  # repeat the last row: same shapes, fewer compilations
                 extra = self._padded_size(k) - k
                 chunk = {name: np.concatenate([v, np.repeat(v[-1:], extra, axis=0)]) for name, v in chunk.items()}
-            out = f(chunk)
-            if self.pad:
-                out = jax.tree_util.tree_map(lambda a, k=k: np.asarray(a)[:k], out)
-            results += _unstack(out, k)
+            pending.append((f(chunk), k))
+        ordered = [r for out, k in pending
+                   for r in _unstack(jax.tree_util.tree_map(lambda a, k=k: np.asarray(a)[:k], out), k)]
+        results: list[Any] = [None] * m
+        for i, r in zip(order, ordered):
+            results[i] = r
         return results
 
     def __repr__(self) -> str:
@@ -251,16 +274,16 @@ class BatchExecutor:
 class VmapExecutor(BatchExecutor):
     """``jax.jit(jax.vmap(fn))`` over the stacked batch, for a pure JAX ``fn(theta)``.
 
-    Batches are padded (by repeating the last theta) to the next power of two, or to ``batch_size`` when
-    given (larger batches are then cut into chunks of ``batch_size``), so at most a handful of shapes are
-    compiled. The compiled function is cached per ``fn`` object: pass the same function, not a new lambda
-    per call.
+    Batches are cut into chunks of at most ``batch_size`` and padded (by repeating the last theta) to the next
+    power of two, at most ``batch_size``, so at most a handful of shapes are compiled. The compiled function is
+    cached per ``fn`` object: pass the same function, not a new lambda per call. ``cost`` as for
+    ``BatchExecutor``.
     """
 
     pad = True
 
-    def __init__(self, batch_size: int | None = None):
-        super().__init__(batch_size)
+    def __init__(self, batch_size: int | None = None, *, cost: Callable[[Theta], float] | None = None):
+        super().__init__(batch_size, cost=cost)
         self._cache: dict[Callable, Callable] = {}
 
     def _batched(self, fn: Callable) -> Callable:

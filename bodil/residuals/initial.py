@@ -45,12 +45,14 @@ def gaussian_profile(theta, grid, center: Sequence[Coefficient], radius: Coeffic
 
 
 def clipped_gaussian_profile(theta, grid, center: Sequence[Coefficient], mass: Coefficient = SEED_MASS,
-                             dt2: Coefficient = SEED_DT2, cutoff: float = SEED_CUTOFF):
-    """GliODIL's initial condition (eq. 27-28): a Gaussian of mass ``M`` and variance ``2 Dt^2``, cut and clipped."""
+                             dt2: Coefficient = SEED_DT2, cutoff: float = SEED_CUTOFF, scale: Coefficient = 1.0):
+    """GliODIL's initial condition (eq. 27-28): a Gaussian of mass ``M`` and variance ``2 Dt^2``, cut and clipped,
+    optionally scaled before the clip: ``min(1, s g)`` with ``g = M / (4 pi Dt^2)^{d/2} exp(-|x - x_0|^2 / (4 Dt^2))``
+    where ``g > cutoff`` and 0 elsewhere (``s = scale``; the paper's seed is ``s = 1``)."""
     d = grid.ndim - 1
     m, s2 = resolve(mass, theta, grid), resolve(dt2, theta, grid)
     u0 = m / (4.0 * jnp.pi * s2) ** (d / 2) * jnp.exp(-_squared_distance(theta, grid, center) / (4.0 * s2))
-    return jnp.where(u0 <= cutoff, 0.0, jnp.minimum(u0, 1.0))
+    return jnp.where(u0 <= cutoff, 0.0, jnp.minimum(resolve(scale, theta, grid) * u0, 1.0))
 
 
 def gaussian_bump(center: Sequence[Coefficient] = ("x0", "y0"), radius: Coefficient = 1.0 / 16.0) -> Callable:
@@ -63,10 +65,12 @@ def gaussian_bump(center: Sequence[Coefficient] = ("x0", "y0"), radius: Coeffici
 
 
 def clipped_gaussian(center: Sequence[Coefficient] = ("x0", "y0", "z0"), mass: Coefficient = SEED_MASS,
-                     dt2: Coefficient = SEED_DT2, cutoff: float = SEED_CUTOFF) -> Callable:
-    """IC residual ``u(0, x) - clip(u_0)`` with GliODIL's ``u_0`` (Amoudruz et al. 2025, eq. 27-28, M = 1500, Dt^2 = 15 mm^2)."""
+                     dt2: Coefficient = SEED_DT2, cutoff: float = SEED_CUTOFF, scale: Coefficient = 1.0) -> Callable:
+    """IC residual ``u(0, x) - clip(u_0)`` with GliODIL's ``u_0`` (Amoudruz et al. 2025, eq. 27-28, M = 1500, Dt^2 = 15 mm^2),
+    scaled by ``scale`` before the clip (``clipped_gaussian_profile``)."""
 
     def residual(u, theta, grid):
-        return {"ic": u[0] - clipped_gaussian_profile(theta, grid, center, mass, dt2, cutoff).astype(u.dtype)}
+        profile = clipped_gaussian_profile(theta, grid, center, mass, dt2, cutoff, scale)
+        return {"ic": u[0] - profile.astype(u.dtype)}
 
     return residual

@@ -10,6 +10,9 @@ GliODIL posterior (Amoudruz et al. 2025, sec. 3.4).
 * ``ctv``: standard CTVs, equal-volume model CTVs, surface distances and overlap; ``ensemble``: the posterior
   ensemble of model CTVs and its spread.
 * ``report``: the clinician report (PDF and HTML; ``report_content`` and ``report_pages`` hold its parts).
+* ``registration``, ``registration_qc``: tissue maps by registering the MNI152 atlas to the patient's T1 (dipy;
+  imported on use, not here); ``brats``: BraTS case folders; ``warped_patient``: test patients made by warping
+  the atlas.
 * ``settings``: ``CTVSettings``; ``pipeline``: ``run_ctv``, from segmentation and tissue to the output folder
   (what ``bodil ctv`` runs); ``checkpoint``: resuming an interrupted run.
 """

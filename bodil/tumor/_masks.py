@@ -50,15 +50,27 @@ def finite(name: str, what: str, value) -> np.ndarray:
     return arr
 
 
-def top_k(values: np.ndarray, k: int, tie: np.ndarray | None) -> tuple[np.ndarray, float]:
+def top_k(values: np.ndarray, k: int, tie: np.ndarray | None, tie_order: np.ndarray | None = None
+          ) -> tuple[np.ndarray, float]:
     """Indices of the ``k`` largest ``values`` (ties by ``tie`` ascending, then by index) and the threshold.
 
     ``np.partition`` finds the ``k``-th largest value ``t`` in O(n); all values ``> t`` are in, and the
-    ``k - #{> t}`` first of the values ``== t`` in (tie, index) order complete the set.
+    ``k - #{> t}`` first of the values ``== t`` in (tie, index) order complete the set. Concentrations are
+    mostly zero (outside the tumour's reach), so the partition runs on the positive values only when there are
+    at least ``k`` of them; when there are fewer and none is negative, the set is every positive value and the
+    first zeros in ``tie_order`` (``np.argsort(tie, kind="stable")``, computed once by callers that select
+    many times), which is the same set.
     """
     n = values.size
     if k == 0:
         return np.empty(0, dtype=np.intp), float("inf")
+    positive = np.flatnonzero(values > 0)
+    if positive.size >= k and positive.size < n:
+        chosen, threshold = top_k(values[positive], k, None if tie is None else tie[positive])
+        return positive[chosen], threshold
+    if tie_order is not None and positive.size < k and not (values < 0).any():
+        zeros = tie_order[values[tie_order] == 0]
+        return np.concatenate([positive, zeros[:k - positive.size]]), 0.0
     threshold = np.partition(values, n - k)[n - k]
     above = np.flatnonzero(values > threshold)
     ties = np.flatnonzero(values == threshold)  # ascending index

@@ -210,6 +210,14 @@ class Crop:
         Only the input voxels whose centres lie inside the box are computed; all others are zero.
         Leading axes (a batch of fields, for example posterior samples) are carried along.
         """
+        window, block = self.to_input_window(field, order)
+        out = np.zeros(block.shape[:-3] + self.input_shape, dtype=block.dtype)
+        out[(Ellipsis, *window)] = block
+        return out
+
+    def to_input_window(self, field, order: int = 1) -> tuple[tuple[slice, ...], np.ndarray]:
+        """``to_input`` without the zeros around the box: the input-grid slices of the voxels whose centres lie
+        inside the box, and the resampled field on them (``to_input(field)[..., *window] == block``)."""
         f = np.asarray(field)
         if tuple(f.shape[-3:]) != self.shape:
             raise ValueError(f"Crop.to_input: the field has shape {f.shape}, expected (..., {self.n}, {self.n}, "
@@ -217,10 +225,7 @@ class Crop:
         window = self.input_window()
         positions = [(np.arange(s.start, s.stop) - self.start[k]) / self.step[k] - 0.5
                      for k, s in enumerate(window)]
-        block = _resample(f, positions, self._check_order(order))
-        out = np.zeros(f.shape[:-3] + self.input_shape, dtype=block.dtype)
-        out[(Ellipsis, *window)] = block
-        return out
+        return window, _resample(f, positions, self._check_order(order))
 
 
 def side_to_contain(mask: np.ndarray, inner: np.ndarray, affine, margin_mm: float) -> float:

@@ -38,6 +38,10 @@ class MarginCTV:
         p05: ``P >= 0.05``: the wide envelope, voxels in at least 5 % of the sample CTVs.
         p50: ``P >= 0.5``: the consensus (median) CTV.
         p95: ``P >= 0.95``: the confident core, voxels in at least 95 % of the sample CTVs.
+        ensemble: the ensemble CTV of equal volume, the Vorob'ev expectation of the sample CTVs (Molchanov,
+            "Theory of Random Sets", sec. 2.2): the ``n_voxels`` voxels of highest ``P`` (ties at the threshold
+            by distance to the core, then index), so ``{P > p*} <= ensemble <= {P >= p*}``.
+        ensemble_level: its probability threshold ``p*``.
         pairs: ``(n_pairs, 2)`` sample indices of the compared pairs.
         pair_mean_surface_mm: mean symmetric surface distance of each pair (mm).
         pair_hausdorff95_mm: 95 % Hausdorff distance of each pair (mm).
@@ -70,6 +74,8 @@ class MarginCTV:
     dice_min: float
     kept_indices: np.ndarray
     consensus_mean_surface_mm: np.ndarray
+    ensemble: np.ndarray | None = None
+    ensemble_level: float | None = None
     map_mask: np.ndarray | None = None
     map_threshold: float | None = None
 
@@ -151,7 +157,8 @@ def _pair_statistics(kept: list[np.ndarray], p50: np.ndarray, pairs_local: np.nd
             to_p50[k] = float(np.mean(np.concatenate([d50[surf], dk[s50]])))
     msd = np.array([np.mean(np.concatenate([ab[p], ba[p]])) for p in range(n_pairs)])
     hd95 = np.array([np.percentile(np.concatenate([ab[p], ba[p]]), 95) for p in range(n_pairs)])
-    dsc = np.array([2.0 * np.count_nonzero(kept[i] & kept[j]) / (sizes[i] + sizes[j]) for i, j in pairs_local])
+    boxed = [m[box] for m in kept]  # every mask lies inside the box
+    dsc = np.array([2.0 * np.count_nonzero(boxed[i] & boxed[j]) / (sizes[i] + sizes[j]) for i, j in pairs_local])
     return msd, hd95, dsc, to_p50
 
 
@@ -242,6 +249,7 @@ class _ModelCTVStream:
         self.region_idx = np.flatnonzero(region)
         self.n_region = self.region_idx.size
         self.tie = distance.ravel()[self.region_idx]
+        self.tie_order = np.argsort(self.tie, kind="stable")
         self.counts = {m: np.zeros(self.n_region, dtype=np.uint16) for m in sizes}
         self.thresholds = {m: [] for m in sizes}
         self.kept_index: list[int] = []
@@ -256,7 +264,7 @@ class _ModelCTVStream:
 
     def _select(self, values, margin) -> float:
         """Mark the model CTV of ``margin`` in ``self._chosen``; return its threshold."""
-        idx, thr = top_k(values, self.sizes[margin], self.tie)
+        idx, thr = top_k(values, self.sizes[margin], self.tie, self.tie_order)
         self._chosen[:] = False
         self._chosen[idx] = True
         return thr
@@ -321,13 +329,16 @@ def _margin_result(stream: _ModelCTVStream, m, standard, order, kept_sorted, pai
         dice_mean = dice_min = 1.0
     map_mask, map_thr = map_ctv
     size = stream.sizes[m]
+    ensemble_level = stream._select(stream.counts[m] / stream.num_samples, m)
+    ensemble = stream.to_full(stream._chosen)
     return MarginCTV(
         margin_mm=m, standard=standard, n_voxels=size, volume_cm3=size * vvol,
         thresholds=np.asarray(stream.thresholds[m]), probability=prob, p05=p05, p50=p50, p95=p95,
         pairs=kept_sorted[pairs] if len(pairs) else np.empty((0, 2), np.intp),
         pair_mean_surface_mm=msd, pair_hausdorff95_mm=hd95, pair_dice=dsc,
         spread_median_mm=spread_median, spread_p95_mm=spread_p95, dice_mean=dice_mean, dice_min=dice_min,
-        kept_indices=kept_sorted, consensus_mean_surface_mm=to_p50, map_mask=map_mask, map_threshold=map_thr)
+        kept_indices=kept_sorted, consensus_mean_surface_mm=to_p50, ensemble=ensemble,
+        ensemble_level=ensemble_level, map_mask=map_mask, map_threshold=map_thr)
 
 
 __all__ = ["LEVELS", "CTVEnsemble", "MarginCTV", "ctv_ensemble"]

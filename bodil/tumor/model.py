@@ -3,7 +3,7 @@
 On a cubic box of side ``L`` mm around the tumour (``n^3`` cell-centred points, spacing ``h = L / n``) and
 ``n_t`` time nodes on ``[0, T]`` days, the unknowns are the tumour-cell concentration ``u(t, x)`` and
 
-    theta = (Dw [mm^2/day], ratio = Dw / Dg, rho [1/day], x0, y0, z0 [mm, box frame], tau_lo, tau_up).
+    theta = (Dw [mm^2/day], ratio = Dw / Dg, rho [1/day], M [mm^3], x0, y0, z0 [mm, box frame], tau_lo, tau_up).
 
 The posterior is (eq. 32, with GliODIL's time scaled to ``[0, 1]``)
 
@@ -14,7 +14,12 @@ The posterior is (eq. 32, with GliODIL's time scaled to ``[0, 1]``)
   (no flux into CSF or background). The factor ``T^2`` makes ``lambda_PDE`` the weight of the residual of
   the equation in the scaled time ``t / T`` that GliODIL uses, so ``lambda_PDE = 1e3`` means what it means in
   the paper whatever ``T`` is;
-* ``u_IC``: the clipped Gaussian seed of eq. 27-28 (``M = 1500``, ``Dt^2 = 15 mm^2``) at ``(x0, y0, z0)``;
+* ``u_IC``: the clipped Gaussian seed of eq. 27-28 (``Dt^2 = 15 mm^2``) at ``(x0, y0, z0)`` with mass ``M``:
+  ``min(1, (M / 1500) g)``, ``g`` the paper's seed (``M = 1500``, cut where it is at most 0.1), so that a smaller
+  seed keeps the paper's shape at a lower height instead of being cut away. ``M = 1500`` (the paper's) unless
+  inferred: a tumour's visible size after ``T`` days depends on its seed as much as on its growth (a seed of
+  mass 40 lags the paper's by about 12 mm after 300 days at ``D = 0.2``, ``rho = 0.03``), so a fixed seed
+  biases ``rho T`` and ``D T`` (docs/tumor.md);
 * ``L``: the interval likelihood of eq. 30-31 (``sigma = 0.05``) on the segmentation classes at ``t = T``,
   or the smooth three-class model of appendix B (``likelihood="sigmoid"``).
 
@@ -38,7 +43,7 @@ import numpy as np
 from numpyro import distributions as dist
 
 from ..forward.crank_nicolson import crank_nicolson_march
-from ..forward.fk import solve_fk
+from ..forward.fk import BatchedFK, solve_fk
 from ..grid import Grid
 from ..likelihood import IntervalHinge, ThreeClassSigmoid
 from ..posterior import Posterior
@@ -47,9 +52,9 @@ from ..residuals import clipped_gaussian, clipped_gaussian_profile, fisher_kpp
 from ..stencil import TISSUE_THRESHOLD
 from .segmentation import CORE, EDEMA, IGNORE
 
-PARAMETERS = ("Dw", "ratio", "rho", "x0", "y0", "z0", "tau_lo", "tau_up")
+PARAMETERS = ("Dw", "ratio", "rho", "M", "x0", "y0", "z0", "tau_lo", "tau_up")
 ORIGIN = ("x0", "y0", "z0")
-UNITS = {"Dw": "mm^2/day", "Dg": "mm^2/day", "ratio": "", "rho": "1/day", "x0": "mm", "y0": "mm", "z0": "mm",
+UNITS = {"Dw": "mm^2/day", "Dg": "mm^2/day", "ratio": "", "rho": "1/day", "M": "mm^3", "x0": "mm", "y0": "mm", "z0": "mm",
          "tau_lo": "", "tau_up": "", "T": "day"}
 
 
@@ -66,17 +71,25 @@ class TumorPosterior(Posterior):
     field_bounds = FIELD_BOUNDS
 
 
+def _seed_scale(mass: float):
+    """``theta -> M / mass``: the seed's scale relative to the reference seed of mass ``mass`` (1 when ``theta``
+    has no ``M``: the reference seed)."""
+    return lambda theta, grid: (theta["M"] / mass) if "M" in theta else 1.0
+
+
 def default_priors(origin_lower, origin_upper) -> dict[str, dist.Distribution]:
-    """Priors on theta: log-uniform ``Dw`` in [0.001, 10] mm^2/day, ``Dw/Dg`` in [10, 1000] (GliODIL's range),
-    ``rho`` in [0.001, 1] /day (DESIGN.md), origin uniform over ``[origin_lower, origin_upper]`` (mm; ``tumor_model``
+    """Priors on theta: log-uniform ``Dw`` in [0.001, 10] mm^2/day, ``Dw/Dg`` in [2, 1000] (GliODIL's [10, 1000]
+    widened to include the 5 of Swanson et al. 2000, "A quantitative model for differential motility of gliomas in
+    grey and white matter"), ``rho`` in [0.001, 1] /day (DESIGN.md), the seed's mass ``M`` in [1, 3000] mm^3
+    (from a few cells' worth to twice the paper's seed), origin uniform over ``[origin_lower, origin_upper]`` (mm; ``tumor_model``
     uses the bounding box of the visible tumour, core and edema, widened by one grid point: the tumour started
     inside what is now visible. Not the core's box: growth into white matter moves the core away from the
     origin, by 5 mm on one of the benchmark's synthetic patients, whose small core's box then excluded the
     truth), and
     ``tau_lo`` in [0.05, 0.5], ``tau_up`` in [0.5, 0.95] so that ``0 < tau_lo < tau_up < 1``."""
     lo, up = np.asarray(origin_lower, float), np.asarray(origin_upper, float)
-    return {"Dw": dist.LogUniform(1e-3, 10.0), "ratio": dist.LogUniform(10.0, 1000.0),
-            "rho": dist.LogUniform(1e-3, 1.0),
+    return {"Dw": dist.LogUniform(1e-3, 10.0), "ratio": dist.LogUniform(2.0, 1000.0),
+            "rho": dist.LogUniform(1e-3, 1.0), "M": dist.LogUniform(1.0, 3000.0),
             **{c: Uniform(float(a), float(b)) for c, a, b in zip(ORIGIN, lo, up)},
             "tau_lo": Uniform(0.05, 0.5), "tau_up": Uniform(0.5, 0.95)}
 
@@ -113,9 +126,9 @@ class TumorModel:
         return theta["Dw"] * self.wm + theta["Dw"] / theta["ratio"] * self.gm
 
     def initial_condition(self, theta) -> Any:
-        """The clipped Gaussian seed of eq. 27-28 at ``theta``'s origin."""
+        """The clipped Gaussian seed of eq. 27-28 at ``theta``'s origin, of mass ``theta["M"]``."""
         s = self.settings
-        return clipped_gaussian_profile(theta, self.grid, ORIGIN, s["mass"], s["dt2"])
+        return clipped_gaussian_profile(theta, self.grid, ORIGIN, s["mass"], s["dt2"], scale=_seed_scale(s["mass"]))
 
     def final_log_likelihood(self, u_final, theta) -> float:
         """``log p(D | u(T) = u_final, theta)``: the data term on the field at the imaging time."""
@@ -161,7 +174,8 @@ class TumorModel:
                     raise ValueError(f"TumorModel.with_fixed: {name!r} has no prior in this model.")
                 entries[name] = params.priors[name]
             else:
-                entries[name] = float(theta[name]) if name in theta else params.fixed[name]
+                default = params.fixed.get(name, self.settings["mass"] if name == "M" else None)
+                entries[name] = float(theta[name]) if name in theta else default
         post = type(self.posterior)(self.posterior.prior, self.posterior.likelihoods, Params(**entries))
         return dataclasses.replace(self, posterior=post)
 
@@ -185,7 +199,8 @@ def tumor_model(wm, gm, classes, side_mm: float, *, nt: int = 32, t_final: float
         priors: overrides of ``default_priors``.
         lambda_pde, lambda_ic, sigma: eq. 32 and 30 (paper: 1e3, 200, 0.05).
         likelihood: ``"interval"`` (eq. 30, the paper's) or ``"sigmoid"`` (eq. 36).
-        mass, dt2: the seed's ``M`` and ``Dt^2`` in mm^2 (eq. 28).
+        mass, dt2: the reference seed's ``M`` (mm^3; also the value of ``M`` when it is not inferred) and ``Dt^2``
+            (mm^2) (eq. 28); a seed of mass ``M`` is the reference scaled by ``M / mass`` before the clip at 1.
     """
     wm, gm, classes = np.asarray(wm, float), np.asarray(gm, float), np.asarray(classes)
     if wm.ndim != 3 or len(set(wm.shape)) != 1 or gm.shape != wm.shape or classes.shape != wm.shape:
@@ -207,7 +222,7 @@ def tumor_model(wm, gm, classes, side_mm: float, *, nt: int = 32, t_final: float
     h = side_mm / n
     lower, upper = (visible.min(axis=0) - 0.5) * h, (visible.max(axis=0) + 1.5) * h  # one point wider (cells)
     all_priors = {**default_priors(lower, upper), **(priors or {})}
-    all_fixed = {"ratio": 10.0, "tau_lo": 0.25, "tau_up": 0.675, **(fixed or {})}
+    all_fixed = {"ratio": 10.0, "tau_lo": 0.25, "tau_up": 0.675, "M": float(mass), **(fixed or {})}
     entries = {}
     for name in PARAMETERS:
         if name in infer:
@@ -220,7 +235,7 @@ def tumor_model(wm, gm, classes, side_mm: float, *, nt: int = 32, t_final: float
     residual = fisher_kpp(lambda th, g: th["Dw"] * wm_j + th["Dw"] / th["ratio"] * gm_j, "rho",
                           tissue=jnp.asarray(tissue), tissue_threshold=TISSUE_THRESHOLD)
     prior = PDEPrior(residual, grid, beta=lambda_pde * t_final**2, reduction="sum",
-                     initial=clipped_gaussian(ORIGIN, mass, dt2), beta_initial=lambda_ic)
+                     initial=clipped_gaussian(ORIGIN, mass, dt2, scale=_seed_scale(mass)), beta_initial=lambda_ic)
     cls = IntervalHinge if likelihood == "interval" else ThreeClassSigmoid
     lik = cls(lambda u, th: u[-1], classes, "tau_lo", "tau_up", sigma=sigma)
     post = TumorPosterior(prior, lik, Params(**entries))
@@ -248,7 +263,7 @@ def initial_guess(model: TumorModel) -> dict:
     theta = {"Dw": r_vis * d_r / (2 * t), "rho": r_vis / (2 * t * d_r)}
     centre = (np.argwhere(core).mean(axis=0) + 0.5) * h
     theta.update(zip(ORIGIN, centre))
-    theta.update(ratio=10.0, tau_lo=0.25, tau_up=0.675)
+    theta.update(ratio=10.0, tau_lo=0.25, tau_up=0.675, M=model.settings["mass"])
     params = model.posterior.params
     out = {}
     for name in params.priors:
@@ -311,24 +326,69 @@ def fit_forward(model: TumorModel, theta0: dict, *, max_evaluations: int | None 
 class ForwardLikelihood:
     """``theta -> (log p(D | u_FK(theta)(T), theta), u_FK(theta)(T))``: the mode approximation in the limit
     ``lambda_PDE -> infinity``, with an explicit Fisher-Kolmogorov run as the field (or, given ``field``, the
-    neural surrogate's); counts its evaluations."""
+    neural surrogate's); counts its evaluations. ``batch`` evaluates a stacked batch of thetas in one vmapped
+    run (``bodil.forward.fk.BatchedFK``: the same steps, equal to rounding), ``cost`` is a run's step count
+    (``bodil.inference.BatchExecutor(cost=...)``). ``dtype``: of the explicit run's field (float32 halves its
+    memory; the likelihood is summed in float64)."""
 
-    def __init__(self, model, field=None):
+    def __init__(self, model, field=None, dtype=jnp.float64):
         self.model = model
         self.field = field
+        self.dtype = jnp.dtype(dtype)
         self.evaluations, self.wall_time = 0, 0.0
 
     def __call__(self, theta):
         start = time.perf_counter()
         full = self.model.posterior.params.merge({k: jnp.asarray(v) for k, v in theta.items()})
         if self.field is None:
-            u_final = self.model.forward(full, dtype=jnp.float64)[-1]
+            u_final = jnp.asarray(self.model.forward(full, dtype=self.dtype)[-1], jnp.float64)
         else:
             u_final = jnp.asarray(self.field(full), jnp.float64)
         value = self.model.final_log_likelihood(u_final, full)
         self.evaluations += 1
         self.wall_time += time.perf_counter() - start
         return value, np.asarray(u_final, np.float32)
+
+    def batch(self, thetas: dict):
+        """``{name: (m,)}`` -> ``(log L (m,), u(T) (m, n, n, n) float32)``, as device arrays (explicit runs only;
+        every row counts as an evaluation, an executor's padding included)."""
+        if self.field is not None:
+            raise ValueError("ForwardLikelihood.batch evaluates explicit Fisher-Kolmogorov runs; with a field "
+                             "(the surrogate) evaluate one theta at a time.")
+        start = time.perf_counter()
+        self.cost(thetas)  # refuses runs of too many steps, as the serial path does
+        values, fields = jax.block_until_ready(self._batched({k: jnp.asarray(v) for k, v in thetas.items()}))
+        self.evaluations += int(values.shape[0])
+        self.wall_time += time.perf_counter() - start
+        return values, fields
+
+    def cost(self, theta):
+        """Steps of the explicit run at ``theta`` (an array for a stacked batch)."""
+        full = self.model.posterior.params.merge(theta)
+        return self._solver.steps(full["Dw"], np.divide(full["Dw"], full["ratio"]), full["rho"])
+
+    @functools.cached_property
+    def _solver(self):
+        m = self.model
+        return BatchedFK(m.wm, m.gm, m.spacing, m.grid.coordinates(0), dtype=self.dtype, final_only=True)
+
+    @functools.cached_property
+    def _batched(self):
+        model, likelihoods = self.model, self.model.posterior.likelihoods
+        merge = model.posterior.params.merge
+
+        def prepare(theta):
+            full = merge(theta)
+            return model.initial_condition(full), *(jnp.asarray(v) for v in (full["Dw"], full["Dw"] / full["ratio"],
+                                                                            full["rho"]))
+
+        def run(solver, thetas):  # the solver is an argument: its tissue maps are inputs, not folded constants
+            u = solver.solve_batch(*jax.vmap(prepare)(thetas)).astype(jnp.float64)
+            values = jax.vmap(lambda v, th: sum(lik.log_prob(v[None], merge(th)) for lik in likelihoods))(u, thetas)
+            return values, u.astype(jnp.float32)
+
+        compiled = jax.jit(run)
+        return lambda thetas: compiled(self._solver, thetas)
 
     def summary(self) -> dict:
         """The method, the number of evaluations and their total wall time (the layout of

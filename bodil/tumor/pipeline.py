@@ -69,7 +69,7 @@ def _x64():
 def run_ctv(segmentation: Segmentation | str, anatomy: Anatomy, out, *, labels="brats2021",
             settings: CTVSettings = CTVSettings(), patient_id: str | None = None, truth: dict | None = None,
             inputs: dict | None = None, overwrite: bool = False, resume: bool = False,
-            progress: bool | ProgressMeter = True) -> CTVRun:
+            progress: bool | ProgressMeter = True, registration=None) -> CTVRun:
     """Infer the tumour's growth with uncertainty and write the CTV ensemble and the report into ``out``.
 
     Args:
@@ -92,6 +92,9 @@ def run_ctv(segmentation: Segmentation | str, anatomy: Anatomy, out, *, labels="
         progress: progress bars of the MAP, BASIS and the CTV ensemble: ``True`` (tqdm), ``False`` or a
             ``bodil.progress`` meter. The stages are reported to the ``logging`` logger
             ``bodil.tumor.pipeline`` (the ``bodil`` command shows them on stderr).
+        registration: optional ``bodil.tumor.registration_qc.NativeTissue`` that made ``anatomy`` from the
+            patient's T1: its maps and QC figure go into ``out``, its similarity into ``summary.json``
+            (``registration``) and its warnings into the notes.
 
     Returns:
         ``CTVRun`` with the folder, the file paths and the summary.
@@ -122,7 +125,7 @@ def run_ctv(segmentation: Segmentation | str, anatomy: Anatomy, out, *, labels="
             log.info(f"resuming from the checkpoint {checkpoint}")
         try:
             result = _run(segmentation, anatomy, tmp, settings, patient_id, truth, inputs or {}, progress,
-                          os.path.join(checkpoint, "basis.pkl"), resuming)
+                          os.path.join(checkpoint, "basis.pkl"), resuming, registration)
         except InputError:
             shutil.rmtree(checkpoint, ignore_errors=True)  # nothing worth keeping: the inputs were refused
             raise
@@ -226,8 +229,9 @@ def fit_map(seg: Segmentation, anatomy: Anatomy, s: CTVSettings, progress: bool 
 def sample_posterior(mf: MapFit, s: CTVSettings, progress: bool | ProgressMeter = False, checkpoint: str | None = None,
                      resume: bool = False):
     """Stage 4: BASIS on ``p(theta) L(theta)^w`` over ``CTVSettings.posterior_parameters`` (the others at the
-    MAP); returns ``(idata, evaluator)``, the evaluator's ``summary()`` counting the inner solves."""
-    from ..inference import ModeApproximation, basis
+    MAP); returns ``(idata, evaluator)``, the evaluator's ``summary()`` counting the inner solves. With
+    ``inner="forward"`` the particles of each sweep are evaluated in vmapped runs of ``s.batch_size``."""
+    from ..inference import BatchExecutor, ModeApproximation, basis
 
     each = {"odil": "an inner ODIL solve",
             "forward": "a forward Fisher-Kolmogorov run (the mode approximation as lambda_PDE -> infinity)",
@@ -254,14 +258,22 @@ def sample_posterior(mf: MapFit, s: CTVSettings, progress: bool | ProgressMeter 
         value, field, *stats = log_likelihood(theta)
         return (w * value, {"field": field}, *stats)
 
-    idata = basis(tempered, post_model.posterior.params, num_samples=s.num_samples, seed=s.seed, beta=s.beta,
-                  gamma=s.gamma, lmax=s.lmax, checkpoint=checkpoint, resume=resume, progress=progress)
+    def tempered_batch(thetas):  # the same for a stacked batch: one vmapped run per chunk of particles
+        value, field = mode.batch(thetas)
+        return w * value, {"field": field}
+
+    batched = s.inner == "forward" and s.batch_size > 1
+    executor = BatchExecutor(s.batch_size, cost=mode.cost, pad=8) if batched else None  # shapes 8, 16, ...
+    idata = basis(tempered_batch if batched else tempered, post_model.posterior.params, num_samples=s.num_samples,
+                  seed=s.seed, beta=s.beta, gamma=s.gamma, lmax=s.lmax, checkpoint=checkpoint, resume=resume,
+                  progress=progress, executor=executor)
     idata.attrs["likelihood_weight"] = w
     return idata, mode
 
 
 def _run(seg: Segmentation, anatomy: Anatomy, tmp: str, s: CTVSettings, patient_id: str, truth, inputs,
-         progress: bool | ProgressMeter, checkpoint: str | None = None, resume: bool = False) -> dict:
+         progress: bool | ProgressMeter, checkpoint: str | None = None, resume: bool = False,
+         registration=None) -> dict:
     """The stages after the inputs: MAP, posterior, CTVs, files; returns ``{"files", "summary"}``."""
     mf = fit_map(seg, anatomy, s, progress)
     idata, mode = sample_posterior(mf, s, progress, checkpoint, resume)
@@ -270,6 +282,15 @@ def _run(seg: Segmentation, anatomy: Anatomy, tmp: str, s: CTVSettings, patient_
     log.info("writing NIfTI, posterior.nc, summary.json and the report")
     files = write_products(tmp, seg, s, mf, idata, ctvs)
     summary = summarise(seg, anatomy, s, mf, idata, ctvs, mode.summary(), patient_id, inputs, truth)
+    if registration is not None:  # tissue maps made from the T1: the maps, the QC figure and its warnings
+        files.update(registration.write(tmp))
+        summary["registration"] = registration.summary
+        summary["notes"] = list(registration.notes) + summary["notes"]
     content = report_content(seg, anatomy, s, mf, idata, ctvs, summary, patient_id, inputs, truth)
+    if registration is not None:
+        from .registration_qc import qc_plot
+
+        qc = ("Atlas registration: quality control", qc_plot(registration))
+        content = dataclasses.replace(content, figures=(qc,))
     files["report_pdf"], files["report_html"] = write_report(content, tmp)
     return {"files": files, "summary": summary}

@@ -73,12 +73,15 @@ def posterior_ctvs(seg, anatomy, s, mf, idata, progress: bool | ProgressMeter = 
     mean = np.zeros(seg.shape)
     sq = np.zeros(seg.shape)
 
-    def stream():
+    def stream():  # outside the box every sample is 0: the sums and the clip run on the box's window only
+        full = np.zeros(seg.shape)
         for f in as_meter(progress).track(fields, "CTV ensemble"):
-            v = np.clip(crop.to_input(f), 0.0, 1.0)
-            mean[...] += v
-            sq[...] += v * v
-            yield v
+            window, block = crop.to_input_window(f)
+            block = np.clip(block, 0.0, 1.0)
+            mean[window] += block
+            sq[window] += block * block
+            full[window] = block
+            yield full
 
     u_map = np.clip(crop.to_input(np.asarray(mf.field[-1])), 0.0, 1.0)
     ens = ctv_ensemble(stream(), seg.core, anatomy.brain | seg.tumor, anatomy.spacing, margins_mm=s.margins_mm,
@@ -104,6 +107,7 @@ def write_products(tmp: str, seg, s, mf, idata, ctvs: PosteriorCTVs) -> dict:
         tag = f"{m:g}mm"
         nifti(f"ctv_probability_{tag}", ctvs.ensemble[m].probability)
         nifti(f"ctv_standard_{tag}", ctvs.ensemble[m].standard, np.uint8)
+        nifti(f"ctv_ensemble_{tag}", ctvs.ensemble[m].ensemble, np.uint8)
         nifti(f"ctv_model_map_{tag}", ctvs.ensemble[m].map_mask, np.uint8)
     for axis, c in enumerate("xyz"):
         idata.posterior[f"{c}_world"] = (("chain", "draw"), ctvs.origin_world[:, axis].reshape(1, -1))
@@ -133,6 +137,7 @@ def summarise(seg, anatomy, s, mf, idata, ctvs: PosteriorCTVs, inner: dict, pati
         "map": {"theta": theta_map, "origin_world_mm": ctvs.map_origin_world.tolist(), **status},
         "posterior": {
             "parameters": list(s.posterior_parameters),
+            "intervals": sampled_intervals(idata, s.posterior_parameters),
             "origin_world_mm": {c: quantiles(origin_world[:, i]) for i, c in enumerate("xyz")},
             "origin_spread_mm": float(np.sqrt(np.trace(np.cov(origin_world.T)))),
             "likelihood_weight": float(idata.attrs["likelihood_weight"]),
@@ -163,11 +168,19 @@ def summarise(seg, anatomy, s, mf, idata, ctvs: PosteriorCTVs, inner: dict, pati
     return summary
 
 
-def _parameter_rows(model, theta_map: dict, ctvs: PosteriorCTVs) -> list[dict]:
-    """The report's parameter table: MAP values, and the posterior of the initial position in world mm."""
+def sampled_intervals(idata, names) -> dict:
+    """Mean, sd and 5/50/95% quantiles of each sampled parameter other than the origin (model units)."""
+    return {n: quantiles(idata.posterior[n].values.ravel()) for n in names if n not in ORIGIN}
+
+
+def _parameter_rows(model, theta_map: dict, ctvs: PosteriorCTVs, intervals: dict) -> list[dict]:
+    """The report's parameter table: MAP values, the posterior of the initial position in world mm and the 90%
+    intervals of the other sampled parameters."""
     rows = []
     for name in model.posterior.params.priors:
         row = {"name": name, "unit": UNITS.get(name, ""), "map": theta_map[name]}
+        if name in intervals:
+            row.update({k: intervals[name][k] for k in ("mean", "q05", "q95")})
         if name in ORIGIN:
             axis = ORIGIN.index(name)
             q = quantiles(ctvs.origin_world[:, axis])
@@ -195,6 +208,7 @@ def report_content(seg, anatomy, s, mf, idata, ctvs: PosteriorCTVs, summary: dic
         origin_truth = np.asarray(truth["origin_world"], float)
     return ReportContent.from_ensemble(
         ctvs.ensemble, patient_id=patient_id, run=run, tissue=anatomy.tissue, classes=seg.classes,
-        affine=seg.affine, origin_samples=ctvs.origin_world, parameters=_parameter_rows(mf.model, mf.theta, ctvs),
+        affine=seg.affine, origin_samples=ctvs.origin_world, parameters=_parameter_rows(mf.model, mf.theta, ctvs,
+                                                                               summary["posterior"]["intervals"]),
         notes=summary["notes"], origin_truth=origin_truth, origin_map=ctvs.map_origin_world,
         assumptions=run_assumptions(mf.model.posterior.params.fixed, s.map_parameters, s.posterior_parameters))

@@ -106,6 +106,9 @@ def write_report(content: ReportContent, out_dir) -> tuple[str, str]:
             fig = histogram_page(content)
             pdf.savefig(fig)
             images.append(("Initial tumour position", _png(fig)))
+            for title, fig in content.figures:
+                pdf.savefig(fig)
+                images.append((title, _png(fig)))
             for fig in note_pages(content):
                 pdf.savefig(fig)
         with open(tmp_html, "w", encoding="utf-8") as f:

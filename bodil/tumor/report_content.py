@@ -122,6 +122,8 @@ class ReportContent:
         parameters: rows with ``name``, ``unit``, ``map``, ``mean``, ``q05``, ``q95`` (missing -> "-").
         notes: extra notes, e.g. warnings from the run.
         origin_truth, origin_map: optional true / MAP initial positions (world mm).
+        figures: extra pages, ``(title, matplotlib Figure)`` pairs drawn after the parameter page (for
+            example the atlas registration's quality control).
     """
 
     patient_id: str
@@ -140,6 +142,7 @@ class ReportContent:
     origin_truth: np.ndarray | None = None
     origin_map: np.ndarray | None = None
     assumptions: tuple = ASSUMPTIONS
+    figures: tuple = ()
 
     @classmethod
     def from_ensemble(cls, ensemble, *, patient_id: str, run: dict, tissue, classes, affine, origin_samples,

@@ -67,6 +67,10 @@ class CTVSettings:
             parameters, from the forward fit). The refinement replaces the forward fit only when it converges
             (the summary says which MAP was used). ``None``: 10 with ``inner="odil"`` (the finite-lambda_PDE
             posterior, whose mode it is) and 0 otherwise (the forward limit's mode is the forward fit).
+        batch_size: with ``inner="forward"``, BASIS evaluates up to this many particles in one vmapped explicit
+            run (``ForwardLikelihood.batch``; the same steps as one at a time, equal to rounding): the bound on
+            its memory, about ``batch_size * grid^3 * 80`` bytes. 1: one particle at a time (``solve_fk``).
+            16 is the fastest measured on 2 CPU cores (benchmarks/batching.py); a GPU wants larger batches.
 
     Raises:
         InputError: a size below its minimum, an unknown ``inner``, ``initializer`` or ``likelihood``, a
@@ -96,6 +100,7 @@ class CTVSettings:
     inner_iterations: int = 6
     inner_cg_iterations: int = 100
     map_iterations: int | None = None
+    batch_size: int = 16
 
     @classmethod
     def paper(cls, **overrides) -> "CTVSettings":
@@ -124,7 +129,7 @@ class CTVSettings:
     def _check(self) -> None:
         where = "CTVSettings"
         for name, low in (("grid", 8), ("time_points", 4), ("num_samples", 4), ("lmax", 1), ("inner_iterations", 1),
-                          ("inner_cg_iterations", 1), ("map_iterations", 0), ("seed", 0)):
+                          ("inner_cg_iterations", 1), ("map_iterations", 0), ("seed", 0), ("batch_size", 1)):
             if name == "map_iterations" and self.map_iterations is None:
                 continue
             object.__setattr__(self, name, _checks.integer(where, name, getattr(self, name), low))
@@ -149,6 +154,10 @@ class CTVSettings:
             raise ValueError(f"{where}: posterior parameters {self.posterior_parameters} must be among the MAP "
                              f"parameters {self.map_parameters} or the origin {ORIGIN}; fit them too (map_parameters, bodil ctv "
                              f"--fit) or sample fewer.")
+        if "M" in self.map_parameters and "surrogate" in (self.inner, self.initializer):
+            raise ValueError(f"{where}: the neural surrogate was trained with the paper's seed (M = 1500) and cannot "
+                             f"vary the seed's mass M; drop M from map_parameters (bodil ctv --fit) or use "
+                             f"inner='forward' and initializer='forward'.")
 
 
 __all__ = ["CTVSettings"]
