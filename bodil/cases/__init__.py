@@ -9,6 +9,7 @@ from .linear_gaussian import linear_gaussian
 from .oscillator import oscillator
 from .problem import Problem
 from .reaction_diffusion import random_diffusivity, reaction_diffusion_2d, reaction_diffusion_3d
+from . import steady_sources  # a module: its builder steady_sources.steady_sources, forward models, summaries
 
 __all__ = ["Problem", "diffusion_1d", "linear_gaussian", "oscillator", "random_diffusivity", "reaction_diffusion_2d",
-           "reaction_diffusion_3d"]
+           "reaction_diffusion_3d", "steady_sources"]
