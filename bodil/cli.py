@@ -100,14 +100,19 @@ def ctv(args) -> int:
 
         raise InputError("bodil ctv: give the segmentation (--seg SEG) or a BraTS case folder (--brats-dir DIR).")
     seg = load_segmentation(args.seg, args.labels or "brats2021")
+    settings = _settings(args)  # refused before any work, the registration included
     native = None
     if args.t1 and not (args.wm or args.gm or args.tissue_labels or args.atlas):  # tissue by atlas registration
+        from .io import InputError
         from .tumor.registration_qc import check_sequences, native_tissue
 
+        if os.path.isdir(args.out) and os.listdir(args.out) and not (args.overwrite or args.resume):
+            raise InputError(f"output directory {args.out!r} exists and is not empty; choose another path or "
+                             f"pass --overwrite.")
         files = check_sequences({k: getattr(args, k) for k in ("t1", "t1c", "t2", "flair")})
         native = native_tissue(args.t1, seg, progress=True)
     anatomy, files = (native.anatomy, files) if native else _anatomy(args)
-    res = run_ctv(seg, anatomy, args.out, settings=_settings(args), patient_id=args.patient_id,
+    res = run_ctv(seg, anatomy, args.out, settings=settings, patient_id=args.patient_id,
                   inputs={"segmentation": args.seg, **files}, overwrite=args.overwrite, resume=args.resume,
                   registration=native)
     _print_result(res)
@@ -283,14 +288,14 @@ def _size_options(p):
                         "segmentation's geometry; default) or 'surrogate' (an L-BFGS fit through the neural surrogate)")
     p.add_argument("--inner-iterations", type=int, help="Gauss-Newton iterations per inner solve (default 6)")
     p.add_argument("--fit", nargs="+", metavar="NAME",
-                   help="parameters fitted by the MAP (default: Dw rho x0 y0 z0; also ratio tau_lo tau_up); the "
-                        "others stay fixed (Dw/Dg = 10, thresholds 0.25 and 0.675)")
+                   help="parameters fitted by the MAP (default: Dw rho x0 y0 z0; also M, the seed's mass, ratio, "
+                        "tau_lo, tau_up); the others stay fixed (M = 1500, Dw/Dg = 10, thresholds 0.25 and 0.675)")
     p.add_argument("--sample", nargs="+", metavar="NAME",
                    help="parameters sampled by BASIS, among the fitted ones and the origin (default: x0 y0 z0); "
                         "the others are held at the MAP")
     p.add_argument("--error-correlation", type=float, metavar="MM",
                    help="distance in mm over which segmentation and model errors are correlated: the posterior "
-                        "counts one independent observation per MM^3 (default 15; 0: one per voxel, untempered)")
+                        "counts one independent observation per MM^3 (default 25; 0: one per voxel, untempered)")
     p.add_argument("--paper", action="store_true", help="Amoudruz et al.'s (2025) sizes (64^3 x 128, 512 samples; GPU)")
 
 

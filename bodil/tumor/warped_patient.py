@@ -15,11 +15,19 @@ dark, enhancing rim and edema hypointense, as in a non-contrast T1) and Rician-l
 ``|T1 + noise * N(0, 1)|``. The true tissue maps are the atlas maps at ``p(x)`` (healthy tissue displaced; the
 lesion itself is excluded when registrations are scored). The segmentation uses the BraTS 2021 labels
 (1 necrosis, 2 edema, 4 enhancing). Everything is drawn from ``numpy.random.default_rng(seed)``.
+
+``head=True`` gives the T1 a head instead of the skull-stripped template: at a point whose atlas image lies
+``t`` mm outside the atlas's brain mask (``t`` the Euclidean distance on the atlas grid, sampled at ``p(x)``)
+the T1 shows ``HEAD_LAYERS`` (outer CSF, dark skull, bright scalp fat; each thickness times
+``1 + 0.3 v(x)``, ``v`` the first displacement component scaled to ``[-1, 1]``, so the skull is uneven) with
+weight ``1 - brain fraction``, and 0 (background, then the Rician noise) beyond. The tissue maps and the other
+draws are those of ``head=False``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 
 import numpy as np
@@ -31,6 +39,8 @@ from .registration import mni152_t1
 
 NECROSIS, EDEMA_LABEL, ENHANCING = 1, 2, 4
 MASS_DECAY_MM = 15.0
+HEAD_LAYERS = (("csf", 2.0, 0.25), ("skull", 6.0, 0.04), ("scalp", 5.0, 1.0))
+"""Layers outside the brain with ``head=True``, inside out: (name, thickness mm, T1 intensity; WM is about 0.86)."""
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -75,7 +85,7 @@ def warped_patient(seed: int = 0, *, shape=(240, 240, 155), spacing_mm: float = 
                    warp_mm: float = 4.0, warp_scale_mm: float = 40.0, rotation_deg: float = 8.0,
                    scale: float = 0.08, shift_mm: float = 8.0, bias: float = 0.2, noise: float = 0.02,
                    lesion_radius_mm: float = 12.0, edema_mm: float = 8.0, mass_mm: float = 4.0,
-                   lesion: bool = True) -> WarpedPatient:
+                   lesion: bool = True, head: bool = False) -> WarpedPatient:
     """A patient made by warping the MNI152 atlas (``resolution`` 1 or 2 mm) with a known random transform.
 
     Args:
@@ -89,6 +99,8 @@ def warped_patient(seed: int = 0, *, shape=(240, 240, 155), spacing_mm: float = 
         lesion_radius_mm, edema_mm, mass_mm: core radius ``R``, edema thickness around it, mass-effect
             displacement at the core's boundary; ``lesion=False`` gives a healthy patient (no labels, no mass
             effect).
+        head: give the T1 scalp, skull and CSF layers outside the brain (``HEAD_LAYERS``) instead of a
+            skull-stripped brain.
 
     Returns:
         ``WarpedPatient``; ``truth`` holds ``seed``, ``affine_patient_to_atlas`` (4x4 ``M``), ``lesion_centre_world``
@@ -133,6 +145,11 @@ def warped_patient(seed: int = 0, *, shape=(240, 240, 155), spacing_mm: float = 
 
     wm, gm, csf = (np.clip(sample(np.asarray(a), atlas.affine), 0.0, 1.0) for a in (atlas.wm, atlas.gm, atlas.csf))
     t1 = sample(np.asarray(template.data), template.affine)
+    if head:
+        outside, outside_affine = _outside_distance(resolution)
+        vary = d[0] / max(float(np.abs(d[0]).max()), 1e-12)
+        t1 = t1 + (1.0 - np.clip(wm + gm + csf, 0.0, 1.0)) * head_intensity(
+            sample(outside, outside_affine), (1.0 + 0.3 * vary).reshape(shape))
     labels = np.zeros(shape, np.uint8)
     if lesion:
         r = r.reshape(shape)
@@ -148,9 +165,32 @@ def warped_patient(seed: int = 0, *, shape=(240, 240, 155), spacing_mm: float = 
     truth = {"seed": int(seed), "affine_patient_to_atlas": m.tolist(), "warp_mm": warp_mm,
              "warp_scale_mm": warp_scale_mm, "bias": bias, "noise": noise, "resolution_mm": resolution,
              "lesion_centre_world": None if centre is None else [float(v) for v in centre],
-             "lesion_radius_mm": lesion_radius_mm, "edema_mm": edema_mm, "mass_mm": mass_mm}
+             "lesion_radius_mm": lesion_radius_mm, "edema_mm": edema_mm, "mass_mm": mass_mm, "head": bool(head)}
     anatomy = Anatomy(wm=wm, gm=gm, csf=np.minimum(csf, np.clip(1.0 - wm - gm, 0.0, 1.0)), affine=grid_affine)
     return WarpedPatient(Volume(t1, grid_affine), anatomy.validate(), labels, truth)
+
+
+def head_intensity(distance_mm: np.ndarray, thickness_factor: np.ndarray | float = 1.0) -> np.ndarray:
+    """T1 intensity of the ``HEAD_LAYERS`` at ``distance_mm`` outside the brain (0 inside and beyond the last
+    layer), each layer ``thickness_factor`` times its nominal thickness."""
+    out = np.zeros(np.shape(distance_mm))
+    inner = np.zeros(np.shape(distance_mm))
+    for _, thickness, value in HEAD_LAYERS:
+        outer = inner + thickness * np.asarray(thickness_factor)
+        out = np.where((distance_mm > inner) & (distance_mm <= outer), value, out)
+        inner = outer
+    return out
+
+
+@functools.lru_cache(maxsize=2)
+def _outside_distance(resolution: int) -> tuple[np.ndarray, np.ndarray]:
+    """Distance (mm) outside the atlas's brain mask on its grid padded by 40 mm, and that grid's affine."""
+    atlas = mni152(resolution)
+    pad = int(np.ceil(40.0 / resolution))
+    brain = np.pad(atlas.brain, pad)
+    affine = np.array(atlas.affine, float)
+    affine[:3, 3] -= affine[:3, :3] @ np.full(3, pad)
+    return ndimage.distance_transform_edt(~brain, sampling=atlas.spacing).astype(np.float32), affine
 
 
 def _atlas_brain_centre(atlas: Anatomy) -> np.ndarray:
