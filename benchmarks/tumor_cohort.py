@@ -145,8 +145,8 @@ def reweighted_coverage(cohort: str, results: str, patients: list[int], lengths:
                 if name in post:
                     lo, hi = weighted_interval(post[name].values.ravel() * t_model, r)
                     hits[name].append(lo <= true <= hi)
-        n = len(runs)
-        lines.append(f"| {length:g} | " + " | ".join(f"{sum(hits[k])}/{len(hits[k]) or n}" for k in hits)
+        lines.append(f"| {length:g} | " + " | ".join(f"{sum(hits[k])}/{len(hits[k])}" if hits[k] else "-"
+                                                     for k in hits)
                      + f" | {np.median(ess):.0f} |")
     return "\n".join(lines)
 

@@ -15,7 +15,7 @@ when it starts:
    ``l_max = 1``, see ``CTVSettings``) on the mode approximation of ``p(x0, y0, z0 | D)`` with the other
    parameters at their MAP values (by default its
    ``lambda_PDE -> infinity`` limit, a forward run per evaluation; ``CTVSettings.inner``), its likelihood
-   counting one independent observation per ``(15 mm)^3`` rather than per voxel
+   counting one independent observation per ``(25 mm)^3`` rather than per voxel
    (``CTVSettings.error_correlation_mm``); each sample keeps its concentration at the imaging time;
 5. CTVs: for each margin (10, 15, 20 mm) the standard plan and every sample's model CTV of equal volume,
    on the input grid (``bodil.tumor.ctv``, ``bodil.tumor.ensemble``, streamed by ``bodil.tumor.products``);

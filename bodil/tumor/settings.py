@@ -90,7 +90,7 @@ class CTVSettings:
     lambda_pde: float = 1e3
     lambda_ic: float = 200.0
     sigma: float = 0.05
-    error_correlation_mm: float | None = 15.0
+    error_correlation_mm: float | None = 25.0
     beta: float = 0.7
     gamma: float = 1.5
     lmax: int = 3
