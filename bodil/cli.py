@@ -103,12 +103,10 @@ def ctv(args) -> int:
     settings = _settings(args)  # refused before any work, the registration included
     native = None
     if args.t1 and not (args.wm or args.gm or args.tissue_labels or args.atlas):  # tissue by atlas registration
-        from .io import InputError
+        from .io import check_output
         from .tumor.registration_qc import check_sequences, native_tissue
 
-        if os.path.isdir(args.out) and os.listdir(args.out) and not (args.overwrite or args.resume):
-            raise InputError(f"output directory {args.out!r} exists and is not empty; choose another path or "
-                             f"pass --overwrite.")
+        check_output(args.out, args.overwrite)  # refused now, not after the registration's minute of work
         files = check_sequences({k: getattr(args, k) for k in ("t1", "t1c", "t2", "flair")})
         native = native_tissue(args.t1, seg, progress=True)
     anatomy, files = (native.anatomy, files) if native else _anatomy(args)

@@ -217,6 +217,20 @@ def write_json(path, obj) -> str:
     return path
 
 
+def check_output(out, overwrite: bool = False) -> str:
+    """The absolute path of the output folder ``out``; raises ``InputError`` if it is a file, or a non-empty
+    directory and not ``overwrite`` (what ``atomic_directory`` checks before any work, for callers whose work
+    starts earlier)."""
+    out = os.path.abspath(os.fspath(out))
+    if os.path.exists(out):
+        if not os.path.isdir(out):
+            raise InputError(f"output {out!r} exists and is not a directory; choose another output path.")
+        if os.listdir(out) and not overwrite:
+            raise InputError(f"output directory {out!r} exists and is not empty; choose another path or "
+                             f"allow overwriting (overwrite=True, --overwrite).")
+    return out
+
+
 @contextlib.contextmanager
 def atomic_directory(out, *, overwrite: bool = False) -> Iterator[str]:
     """Build an output directory in a temporary sibling and move it into place only on success.
@@ -233,13 +247,7 @@ def atomic_directory(out, *, overwrite: bool = False) -> Iterator[str]:
     Raises:
         InputError: before any work, if ``out`` is a file, or a non-empty directory and not ``overwrite``.
     """
-    out = os.path.abspath(os.fspath(out))
-    if os.path.exists(out):
-        if not os.path.isdir(out):
-            raise InputError(f"output {out!r} exists and is not a directory; choose another output path.")
-        if os.listdir(out) and not overwrite:
-            raise InputError(f"output directory {out!r} exists and is not empty; choose another path or "
-                             f"allow overwriting (overwrite=True, --overwrite).")
+    out = check_output(out, overwrite)
     os.makedirs(os.path.dirname(out), exist_ok=True)
     tmp = _temporary_sibling(out)
     os.mkdir(tmp)

@@ -271,7 +271,11 @@ class _ModelCTVStream:
 
     def model_ctv(self, u, margin) -> tuple[np.ndarray, float]:
         """The model CTV mask of ``margin`` for the concentration ``u`` and its threshold."""
-        thr = self._select(u.ravel()[self.region_idx], margin)
+        return self.region_ctv(u.ravel()[self.region_idx], margin)
+
+    def region_ctv(self, values, margin) -> tuple[np.ndarray, float]:
+        """The mask of ``margin``'s volume of highest ``values`` (given on the region) and its threshold."""
+        thr = self._select(values, margin)
         return self.to_full(self._chosen), thr
 
     def add(self, s: int, u) -> None:
@@ -329,8 +333,7 @@ def _margin_result(stream: _ModelCTVStream, m, standard, order, kept_sorted, pai
         dice_mean = dice_min = 1.0
     map_mask, map_thr = map_ctv
     size = stream.sizes[m]
-    ensemble_level = stream._select(stream.counts[m] / stream.num_samples, m)
-    ensemble = stream.to_full(stream._chosen)
+    ensemble, ensemble_level = stream.region_ctv(stream.counts[m] / stream.num_samples, m)
     return MarginCTV(
         margin_mm=m, standard=standard, n_voxels=size, volume_cm3=size * vvol,
         thresholds=np.asarray(stream.thresholds[m]), probability=prob, p05=p05, p50=p50, p95=p95,

@@ -173,9 +173,12 @@ class TumorModel:
                 if name not in params.priors:
                     raise ValueError(f"TumorModel.with_fixed: {name!r} has no prior in this model.")
                 entries[name] = params.priors[name]
+            elif name in theta:
+                entries[name] = float(theta[name])
+            elif name == "M" and name not in params.fixed:  # an inferred seed mass not given: the reference seed
+                entries[name] = self.settings["mass"]
             else:
-                default = params.fixed.get(name, self.settings["mass"] if name == "M" else None)
-                entries[name] = float(theta[name]) if name in theta else default
+                entries[name] = params.fixed[name]
         post = type(self.posterior)(self.posterior.prior, self.posterior.likelihoods, Params(**entries))
         return dataclasses.replace(self, posterior=post)
 
