@@ -62,7 +62,7 @@ def _settings(args):
                               ("seed", args.seed), ("t_final", args.t_final),
                               ("inner_iterations", args.inner_iterations), ("inner", args.inner),
                               ("initializer", args.init), ("map_parameters", args.fit),
-                              ("posterior_parameters", args.sample)) if v is not None}
+                              ("posterior_parameters", args.sample), ("dtype", args.dtype)) if v is not None}
     if args.error_correlation is not None:
         over["error_correlation_mm"] = args.error_correlation or None  # 0: untempered
     return dataclasses.replace(base, **over)
@@ -294,6 +294,9 @@ def _size_options(p):
     p.add_argument("--error-correlation", type=float, metavar="MM",
                    help="distance in mm over which segmentation and model errors are correlated: the posterior "
                         "counts one independent observation per MM^3 (default 25; 0: one per voxel, untempered)")
+    p.add_argument("--dtype", choices=["float64", "float32"],
+                   help="precision of the posterior's forward runs (default float64; float32 halves their memory, "
+                        "the likelihood is summed in float64)")
     p.add_argument("--paper", action="store_true", help="Amoudruz et al.'s (2025) sizes (64^3 x 128, 512 samples; GPU)")
 
 

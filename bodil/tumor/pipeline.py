@@ -251,7 +251,8 @@ def sample_posterior(mf: MapFit, s: CTVSettings, progress: bool | ProgressMeter 
                                  initial=lambda th: post_model.discrete_forward(th))
         log_likelihood = mode.log_likelihood
     else:
-        mode = ForwardLikelihood(post_model, None if s.inner == "forward" else jax.jit(mf.surrogate_box.field))
+        mode = ForwardLikelihood(post_model, None if s.inner == "forward" else jax.jit(mf.surrogate_box.field),
+                                 dtype=jnp.dtype(s.dtype))
         log_likelihood = mode
 
     def tempered(theta):  # the final field goes to idata.posterior["field"], inner-solve stats to sample_stats
