@@ -22,6 +22,16 @@ the same regulariser (``--odil-w-reg`` adds weights).
     .venv/bin/python benchmarks/bilo.py --case poisson --quick
     .venv/bin/python benchmarks/bilo.py --case poisson                 # docs/bilo.md
     .venv/bin/python benchmarks/bilo.py --case heat --odil-w-reg 0 1e-5
+
+2-D cases: ``--case darcy`` (the permeability of -div(k grad u) = 1 from u at every node, sec. 3.5; rows: relative L2
+error of k, classification accuracy of k thresholded at 7.5, error of u against the sparse reference solve at the
+inferred k, data loss) and ``--case gbm`` (D and rho of tumour growth on a 2-D MNI152 slice from a two-threshold
+segmentation, sec. 3.6; rows: relative errors of D and rho, error of the method's field against bodil's solver at
+the inferred parameters, Dice of the whole tumour of the method's field and of the solver's at the inferred
+parameters (and of its core), the segmentation data loss).
+
+    .venv/bin/python benchmarks/bilo.py --case darcy
+    .venv/bin/python benchmarks/bilo.py --case gbm
 """
 
 from __future__ import annotations
@@ -38,7 +48,8 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 import bodil  # noqa: E402
-from bodil.bilo import BiLOSettings, cases, cases_heat, cases_poisson, fit, local_operator_net, trainer  # noqa: E402
+from bodil.bilo import (BiLOSettings, cases, cases_darcy, cases_gbm, cases_heat, cases_poisson, fit,  # noqa: E402
+                        local_operator_net, trainer)
 from bodil.bilo.functions import function_trainer  # noqa: E402
 
 
@@ -89,7 +100,13 @@ def summarise(rows):
 
 # ------------------------------------------------------------------------- unknown functions (poisson, heat)
 FUNCTION_CASES = {"poisson": (cases_poisson, cases_poisson.variable_poisson), "heat": (cases_heat,
-                                                                                    cases_heat.heat_initial_condition)}
+                                                                                    cases_heat.heat_initial_condition),
+                  "darcy": (cases_darcy, cases_darcy.darcy)}
+F_TRANSFORMS = {"poisson": cases_poisson.d_transform, "heat": cases_heat.f_transform, "darcy": cases_darcy.k_transform}
+METRIC_COLUMNS = {"darcy": (("err_f", "rel L2 err k"), ("acc", "accuracy k > 7.5"), ("err_u", "rel L2 err u"),
+                            ("data", "data loss"))}
+DEFAULT_COLUMNS = (("err_f", "rel L2 err f"), ("max_f", "max err f"), ("err_u", "rel L2 err u"),
+                   ("err_data", "rel err data loss"))
 
 
 def function_trainers(case, args):
@@ -97,12 +114,12 @@ def function_trainers(case, args):
     mod = FUNCTION_CASES[args.case][0]
     n_coords = case.problem.collocation.shape[1]
     extra = dict(transform_params=True) if args.case == "heat" else {}
-    f_transform = mod.d_transform if args.case == "poisson" else mod.f_transform
+    f_transform, n_f = F_TRANSFORMS[args.case], len(case.problem.axes)
     out = {}
     for name, method, w in [("BiLO", "bilo", 1.0)] + [(f"PINN w={w:g}", "pinn", w) for w in args.pinn_w]:
         u_net = local_operator_net(0, n_coords, 1, width=args.width, depth=args.depth, transform=mod.u_transform,
                                    uses_params=method == "bilo", dtype=jnp.float32, **extra)
-        f_net = local_operator_net(1, 1, 0, width=args.f_width, depth=args.depth, transform=f_transform,
+        f_net = local_operator_net(1, n_f, 0, width=args.f_width, depth=args.depth, transform=f_transform,
                                    uses_params=False, dtype=jnp.float32)
         settings = BiLOSettings(method=method, w_data=w, chunk=args.chunk, lr_theta=args.lr_theta)
         out[name] = function_trainer(case.problem, u_net, f_net, settings, function0=case.function0,
@@ -123,10 +140,12 @@ def function_odil_row(case, args, beta, w_reg):
     t0 = time.perf_counter()
     fitted = bodil.map_estimate(post, u0, {}, method="gauss-newton", throw=False, max_iter=200)
     wall = time.perf_counter() - t0
-    u = fitted.u["u"] if args.case == "poisson" else fitted.u[-1]
-    x_data = case.problem.data_points[:, -1]
-    pred = np.interp(x_data, case.problem.collocation[:, -1] if args.case == "poisson"
-                     else case.grid.coordinates("x"), np.asarray(u))
+    if args.case == "darcy":  # data at every node
+        pred = np.asarray(fitted.u["u"]).ravel()
+    else:
+        u = fitted.u["u"] if args.case == "poisson" else fitted.u[-1]
+        pred = np.interp(case.problem.data_points[:, -1], case.problem.collocation[:, -1] if args.case == "poisson"
+                         else case.grid.coordinates("x"), np.asarray(u))
     dat = float(np.mean((pred - case.problem.data_values) ** 2))
     return mod.odil_metrics(case, fitted.u, dat), wall
 
@@ -150,7 +169,7 @@ def function_main(args):
         pre[name] = fit(tr, tr.init(pretrain=True), args.pre_steps)
         print(f"pre-training {name}: {pre[name].wall_time:.1f} s (compilation included), final L_res "
               f"{pre[name].history['residual'][-1]:.2e}", flush=True)
-    table = []
+    table, columns = [], METRIC_COLUMNS.get(args.case, DEFAULT_COLUMNS)
     odil_w = args.odil_w_reg or [args.w_reg]
     for nz in args.noise:
         runs = {f"ODIL beta={b:g} w_reg={w:g}": [] for b in args.odil_beta for w in odil_w}
@@ -163,14 +182,66 @@ def function_main(args):
             for name, tr in trainers.items():
                 runs[name].append(function_row(tr, pre[name], case, args))
         for name, rows in runs.items():
-            table.append((name, nz, {k: _mean_sd([r[0][k] for r in rows if k in r[0]])
-                                     for k in ("err_f", "max_f", "err_u", "err_data")}
+            table.append((name, nz, {k: _mean_sd([r[0][k] for r in rows if k in r[0]]) for k, _ in columns}
                           | {"wall": f"{np.mean([r[1] for r in rows]):.1f}"}))
             print(f"  noise {nz:g} {name}: {table[-1][2]}", flush=True)
-    print("\n| method | noise | rel L2 err f | max err f | rel L2 err u | rel err data loss | wall s |")
-    print("|---|---|---|---|---|---|---|")
+    print("\n| method | noise | " + " | ".join(label for _, label in columns) + " | wall s |")
+    print("|---|---|" + "---|" * len(columns) + "---|")
     for name, nz, r in table:
-        print(f"| {name} | {nz:g} | {r['err_f']} | {r['max_f']} | {r['err_u']} | {r['err_data']} | {r['wall']} |")
+        print(f"| {name} | {nz:g} | " + " | ".join(r[k] for k, _ in columns) + f" | {r['wall']} |")
+
+
+# ------------------------------------------------------------------------------------ glioblastoma (gbm)
+GBM_COLUMNS = (("theta", "(D, rho)"), ("err_D", "rel err D"), ("err_rho", "rel err rho"), ("err_u", "rel L2 err u"),
+               ("dice", "Dice WT (own u)"), ("dice_fd", "Dice WT (solver)"), ("dice_core_fd", "Dice core (solver)"),
+               ("data", "data loss"), ("wall", "wall s"))
+
+
+def gbm_neural_row(case, method, args, w=1.0):
+    """Pre-training at theta_0 (timed apart) and the inverse solve of one network."""
+    net = local_operator_net(0, 3, 2, width=args.width, depth=args.depth,
+                             transform=cases_gbm.make_transform(case.settings["seed_width"]),
+                             uses_params=method == "bilo", dtype=jnp.float32)
+    settings = BiLOSettings(method=method, w_data=w, chunk=args.chunk, lr_theta=args.lr_theta)
+    tr = trainer(case.problem, net, settings, reference=case.pretrain)
+    pre = fit(tr, tr.init(case.theta0, pretrain=True), args.pre_steps)
+    print(f"pre-training {method} w={w:g}: {pre.wall_time:.1f} s (compilation included), final L_res "
+          f"{pre.history['residual'][-1]:.2e}", flush=True)
+    res = fit(tr, tr.init(case.theta0, params=pre.state.params), args.steps)
+    field = cases_gbm.network_field(res.net, case, res.state.p)
+    return res.theta, cases_gbm.metrics(case, res.theta, field), res.wall_time
+
+
+def gbm_odil_row(case, beta, args):
+    post, u0, theta0 = cases_gbm.odil_posterior(case, beta=beta)
+    t0 = time.perf_counter()
+    fitted = bodil.map_estimate(post, u0, theta0, method="gauss-newton", strategy="joint", throw=False,
+                                max_iter=args.odil_iter)
+    wall = time.perf_counter() - t0
+    theta = {k: float(v) for k, v in fitted.theta.items()}
+    print(f"  ODIL beta={beta:g}: {fitted.report.iterations} iterations, converged {fitted.report.converged}",
+          flush=True)
+    return theta, cases_gbm.metrics(case, theta, np.asarray(fitted.u)), wall
+
+
+def gbm_main(args):
+    if args.quick:
+        args.n_res, args.width, args.pre_steps, args.steps, args.pinn_w, args.n_t = 512, 16, 200, 200, [1.0], 11
+    case = cases_gbm.glioblastoma(n=args.n_space, n_t=args.n_t, n_res=args.n_res)
+    print(f"gbm: truth {case.truth}, theta_0 {case.theta0}, grid {case.grid.shape}, residual points "
+          f"{case.problem.collocation.shape[0]}, data {case.problem.data_points.shape[0]} (tissue nodes x 2 "
+          f"thresholds); network {args.depth} x {args.width} tanh (float32), Adam lr_net 1e-3, lr_theta "
+          f"{args.lr_theta:g}; pre-training {args.pre_steps}, inverse {args.steps} steps\n", flush=True)
+    rows = {f"ODIL beta={b:g}": gbm_odil_row(case, b, args) for b in args.odil_beta}
+    if not args.only_odil:
+        rows["BiLO"] = gbm_neural_row(case, "bilo", args)
+        rows.update({f"PINN w={w:g}": gbm_neural_row(case, "pinn", args, w) for w in args.pinn_w})
+    print("\n| method | " + " | ".join(label for _, label in GBM_COLUMNS) + " |")
+    print("|---|" + "---|" * len(GBM_COLUMNS))
+    for name, (theta, m, wall) in rows.items():
+        cells = {"theta": f"({theta['D']:.4f}, {theta['rho']:.3f})", "wall": f"{wall:.0f}",
+                 **{k: f"{v:.2e}" if k.startswith("err") or k == "data" else f"{v:.3f}" for k, v in m.items()}}
+        print(f"| {name} | " + " | ".join(cells[k] for k, _ in GBM_COLUMNS) + " |")
 
 
 def _mean_sd(vals):
@@ -187,6 +258,10 @@ CASE_DEFAULTS = {
                     lr_theta=1e-3, pinn_w=[1.0, 10.0, 100.0], odil_beta=[1e6], w_reg=1e-3),
     "heat": dict(n_res=21, width=32, f_width=16, pre_steps=3000, steps=5000, noise=[0.0], seeds=1,
                  lr_theta=1e-3, pinn_w=[10.0, 1000.0], odil_beta=[1e6], w_reg=0.0),
+    "darcy": dict(n_res=21, width=32, f_width=16, pre_steps=3000, steps=3000, noise=[0.0], seeds=1,
+                  lr_theta=1e-3, pinn_w=[1e3, 1e5], odil_beta=[1e6], w_reg=1e-9),
+    "gbm": dict(n_res=1024, width=32, pre_steps=2000, steps=2000, lr_theta=3e-3, pinn_w=[1.0],
+                odil_beta=[1e8], n_space=32, n_t=21, odil_iter=100),
 }
 
 
@@ -209,10 +284,15 @@ def main():
     ap.add_argument("--pinn-w", type=float, nargs="+")
     ap.add_argument("--odil-beta", type=float, nargs="+")
     ap.add_argument("--only-odil", action="store_true", help="skip BiLO and the PINNs")
+    ap.add_argument("--n-space", type=int, help="gbm: space nodes per axis of the slice")
+    ap.add_argument("--n-t", type=int, help="gbm: time nodes (evaluation and ODIL grid)")
+    ap.add_argument("--odil-iter", type=int, help="gbm: most Gauss-Newton iterations of ODIL")
     args = ap.parse_args()
     for key, value in CASE_DEFAULTS[args.case].items():
         if getattr(args, key) is None:
             setattr(args, key, value)
+    if args.case == "gbm":
+        return gbm_main(args)
     if args.case != "fisher-kpp":
         return function_main(args)
     if args.quick:

@@ -69,6 +69,9 @@ class PointwiseProblem:
         names: the inferred parameters, in order.
         scale: ``theta[name] = scale[k] * p[k]``; positive, one per name.
         coords: names of the coordinate columns (for reports), e.g. ``("t", "x")``.
+        link: optional observation link: ``L_dat = mean_j (link(u)_j - y_j)^2`` with ``link`` mapping the vector
+            of predictions at the data points to a vector of the same shape (a smooth threshold for a
+            segmentation); default the identity.
     """
 
     operator: Callable
@@ -78,6 +81,7 @@ class PointwiseProblem:
     names: tuple
     scale: tuple
     coords: tuple = ()
+    link: Callable | None = None
 
     def __post_init__(self):
         where = "PointwiseProblem"
@@ -154,10 +158,13 @@ def predict(net, p, points):
     return jax.vmap(lambda z: net(z, p))(jnp.asarray(points, p.dtype))
 
 
-def data_loss(net, problem: PointwiseProblem, p):
-    """``L_dat = mean_j (u(z_j; p) - y_j)^2`` (eq. 3)."""
+def data_loss(net, problem: PointwiseProblem, p, values=None):
+    """``L_dat = mean_j (link(u)(z_j; p) - y_j)^2`` (eq. 3; ``link`` the identity unless the problem has one), against
+    ``values`` instead of the problem's data values when given."""
     pred = predict(net, p, problem.data_points)
-    return jnp.mean((pred - jnp.asarray(problem.data_values, pred.dtype)) ** 2)
+    pred = pred if problem.link is None else problem.link(pred)
+    values = problem.data_values if values is None else values
+    return jnp.mean((pred - jnp.asarray(values, pred.dtype)) ** 2)
 
 
 def fit_loss(net, p, points, values):

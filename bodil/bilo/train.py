@@ -194,13 +194,13 @@ def trainer(problem: L.PointwiseProblem, net, settings: BiLOSettings = BiLOSetti
             loss, (res, rgrad) = L.local_operator_loss(m, problem, p, s.w_rgrad, method=s.rgrad, eps=s.fd_eps)
         else:
             res, rgrad = L.residual_loss(m, problem, p), jnp.zeros((), p.dtype)
-            loss = res + jnp.where(pre, 0.0, s.w_data) * L.fit_loss(m, p, problem.data_points, y)
+            loss = res + jnp.where(pre, 0.0, s.w_data) * L.data_loss(m, problem, p, y)
         if reference is not None:
             loss = loss + jnp.where(pre, 1.0, 0.0) * L.fit_loss(m, p, *reference)
         return loss, (res, rgrad)
 
     def upper(p, params, y):
-        return L.fit_loss(eqx.combine(params, rest), p, problem.data_points, y)
+        return L.data_loss(eqx.combine(params, rest), problem, p, y)
 
     def w_step(params, opt, p, pre, y):
         (loss, aux), g = jax.value_and_grad(lower, has_aux=True)(params, p, pre, y)
