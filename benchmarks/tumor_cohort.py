@@ -175,7 +175,7 @@ def evaluate_one(cohort: str, i: int, results: str, settings: CTVSettings) -> di
            "map_origin_err": float(np.linalg.norm(np.asarray(s["map"]["origin_world_mm"]) - x_true)),
            "mean_origin_err": float(np.linalg.norm(samples.mean(axis=0) - x_true)),
            "origin_in_90": bool(inside), "mahalanobis": mahalanobis,
-           "map_converged": bool(s["map"]["converged"]), "wall_s": wall}
+           "map_converged": bool(s["map"]["converged"]), "wall_s": wall, "box_spacing_mm": s["box"]["spacing_mm"]}
     for name, true in (("Dw", truth["dw"] * truth["t_final"]), ("rho", truth["rho"] * truth["t_final"])):
         row[f"{name}T_err"] = theta[name] * t_model / true - 1.0
         if name in post:
@@ -296,6 +296,7 @@ def main(argv=None):
     ev.add_argument("--results", required=True)
     ev.add_argument("--patients", type=int, nargs="+", help="patient indices (default: all)")
     ev.add_argument("--grid", type=int)
+    ev.add_argument("--max-spacing", type=float, metavar="MM", help="CTVSettings.max_spacing_mm (default: none)")
     ev.add_argument("--samples", type=int)
     ev.add_argument("--sample", nargs="+", help="CTVSettings.posterior_parameters (default: the origin)")
     ev.add_argument("--fit", nargs="+", help="CTVSettings.map_parameters (default: Dw rho x0 y0 z0)")
@@ -316,7 +317,7 @@ def main(argv=None):
     if patients is None:
         with open(os.path.join(args.cohort, "manifest.json"), encoding="utf-8") as f:
             patients = list(range(json.load(f)["patients"]))
-    over = {k: v for k, v in (("grid", args.grid), ("num_samples", args.samples),
+    over = {k: v for k, v in (("grid", args.grid), ("num_samples", args.samples), ("max_spacing_mm", args.max_spacing),
                               ("error_correlation_mm", args.error_correlation)) if v is not None}
     if args.fit:
         over["map_parameters"] = tuple(args.fit)

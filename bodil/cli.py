@@ -62,7 +62,8 @@ def _settings(args):
                               ("seed", args.seed), ("t_final", args.t_final),
                               ("inner_iterations", args.inner_iterations), ("inner", args.inner),
                               ("initializer", args.init), ("map_parameters", args.fit),
-                              ("posterior_parameters", args.sample), ("dtype", args.dtype)) if v is not None}
+                              ("posterior_parameters", args.sample), ("dtype", args.dtype),
+                              ("max_spacing_mm", args.max_spacing)) if v is not None}
     if args.error_correlation is not None:
         over["error_correlation_mm"] = args.error_correlation or None  # 0: untempered
     return dataclasses.replace(base, **over)
@@ -273,6 +274,8 @@ def train_steady(args) -> int:
 
 def _size_options(p):
     p.add_argument("--grid", type=int, help="points per axis of the box (default 24; the paper: 64)")
+    p.add_argument("--max-spacing", type=float, metavar="MM",
+                   help="largest box spacing in mm: a large tumour's box gets more than --grid points per axis")
     p.add_argument("--time-points", type=int, help="time nodes (default 12; the paper: 128)")
     p.add_argument("--samples", type=int, help="posterior samples (default 128; the paper: 512)")
     p.add_argument("--seed", type=int, help="sampler seed (default 0)")

@@ -231,3 +231,17 @@ def test_settings_refuse_a_free_seed_mass_with_the_surrogate():
     for where in ("inner", "initializer"):
         with pytest.raises(ValueError, match="seed's mass M"):
             CTVSettings(map_parameters=("Dw", "rho", "M", *ORIGIN), **{where: "surrogate"})
+
+
+def test_max_spacing_gives_a_large_tumour_box_more_points():
+    """``CTVSettings.max_spacing_mm``: a box whose ``side / grid`` exceeds it gets ``ceil(side / max)`` points
+    per axis (never fewer than ``grid``); without it every box has ``grid`` points."""
+    from bodil.io import InputError
+    from bodil.tumor import CTVSettings
+
+    s = CTVSettings(max_spacing_mm=3.0)
+    assert [s.box_points(side) for side in (60.0, 72.0, 72.3, 120.0)] == [24, 24, 25, 40]
+    assert all(side / s.box_points(side) <= 3.0 for side in np.linspace(10.0, 300.0, 97))
+    assert CTVSettings().box_points(120.0) == 24
+    with pytest.raises(InputError, match="max_spacing_mm"):
+        CTVSettings(max_spacing_mm=-1.0)

@@ -179,8 +179,11 @@ def fit_map(seg: Segmentation, anatomy: Anatomy, s: CTVSettings, progress: bool 
 
     contain = side_to_contain(seg.tumor, seg.core, seg.affine, max(s.margins_mm)) + 2 * max(anatomy.spacing)
     crop = crop_around(seg.tumor, seg.affine, scale=s.box_scale, n=s.grid, min_side_mm=contain)
+    n = s.box_points(crop.side_mm)
+    if n != s.grid:  # the same box, finer: at most max_spacing_mm between points
+        crop = crop_around(seg.tumor, seg.affine, scale=s.box_scale, n=n, min_side_mm=contain)
     log.info(f"box: {crop.side_mm:.0f} mm ({s.box_scale} x the tumour, at least the largest margin's CTV around the "
-             f"core), {s.grid}^3 points x {s.time_points} time nodes")
+             f"core), {n}^3 points ({crop.side_mm / n:.2f} mm) x {s.time_points} time nodes")
     box = anatomy.crop(crop)
     classes_box = np.rint(crop.to_box(seg.classes.astype(float), order=0)).astype(np.int8)
     model = tumor_model(box.wm, box.gm, classes_box, crop.side_mm, nt=s.time_points, t_final=s.t_final,

@@ -194,7 +194,7 @@ def report_content(seg, anatomy, s, mf, idata, ctvs: PosteriorCTVs, summary: dic
                    inputs: dict, truth) -> ReportContent:
     """What the clinician report shows: the run's settings, the CTVs, the parameters and the notes."""
     run: dict[str, Any] = {
-        "grid": f"{s.grid}^3 x {s.time_points} (box side {mf.crop.side_mm:.1f} mm, {mf.crop.spacing_mm:.2f} mm)",
+        "grid": f"{mf.crop.n}^3 x {s.time_points} (box side {mf.crop.side_mm:.1f} mm, {mf.crop.spacing_mm:.2f} mm)",
         "samples": s.num_samples, "seed": s.seed, "labels": seg.convention.name, "T (days)": s.t_final,
         "likelihood": s.likelihood,
         "MAP": (f"{mf.status['method']}, " + ("converged" if mf.status["converged"] else "NOT converged")

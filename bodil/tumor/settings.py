@@ -4,6 +4,7 @@ when they are made."""
 from __future__ import annotations
 
 import dataclasses
+import math
 
 from .. import _checks
 from ..io import InputError
@@ -22,7 +23,10 @@ class CTVSettings:
     Measurements behind the defaults are in docs/tumor.md.
 
     Attributes:
-        grid: points per axis of the box (``n`` >= 8).
+        grid: points per axis of the box (``n`` >= 8), at least; see ``max_spacing_mm``.
+        max_spacing_mm: the largest box spacing (mm): a box whose side over ``grid`` exceeds it gets
+            ``ceil(side / max_spacing_mm)`` points per axis instead, so that large tumours are not modelled on
+            coarser voxels than small ones. ``None``: always ``grid`` points.
         time_points: time nodes on ``[0, t_final]`` (>= 4).
         num_samples: BASIS particles, the posterior samples (>= 4).
         seed: integer seed of the sampler (and of the CTV ensemble's choice of compared samples).
@@ -84,6 +88,7 @@ class CTVSettings:
     """
 
     grid: int = 24
+    max_spacing_mm: float | None = None
     time_points: int = 12
     num_samples: int = 128
     seed: int = 0
@@ -113,6 +118,12 @@ class CTVSettings:
     def paper(cls, **overrides) -> "CTVSettings":
         """The sizes of Amoudruz et al. 2025: 64^3 x 128, 512 samples."""
         return cls(**{"grid": 64, "time_points": 128, "num_samples": 512, **overrides})
+
+    def box_points(self, side_mm: float) -> int:
+        """Points per axis of a box of side ``side_mm``: ``grid``, or more where ``max_spacing_mm`` asks."""
+        if self.max_spacing_mm is None:
+            return self.grid
+        return max(self.grid, int(math.ceil(side_mm / self.max_spacing_mm - 1e-9)))
 
     @property
     def odil_map_iterations(self) -> int:
@@ -148,6 +159,8 @@ class CTVSettings:
             _checks.positive(where, name, getattr(self, name))
         for name in ("lambda_pde", "lambda_ic"):
             _checks.positive(where, name, getattr(self, name), allow_zero=True)
+        if self.max_spacing_mm is not None:
+            _checks.positive(where, "max_spacing_mm", self.max_spacing_mm)
         if self.error_correlation_mm is not None and not (isinstance(self.error_correlation_mm, (int, float))
                                                           and self.error_correlation_mm > 0):
             raise ValueError(f"{where}: error_correlation_mm must be a positive length in mm or None (no "
