@@ -46,17 +46,27 @@ def _global_state_is_restored(request):
     assert not changed, f"{request.node.nodeid} left global state changed (before, after): {changed}"
 
 
+# Modules whose tests take tens of seconds each (notebooks, tumour pipeline runs, Laplace and MAP compilations),
+# run first with ``--order heavy-first`` (the default): the two xdist workers then share out the long tests while
+# many short ones are left to even out the end of the run, instead of a long test starting last on one worker.
+HEAVY_FIRST = ("test_examples.py", "test_tumor_model.py", "test_tumor_cli.py", "test_surrogate.py", "test_laplace.py",
+               "test_optimize.py")
+
+
 def pytest_addoption(parser):
-    parser.addoption("--order", default="file", metavar="file|reverse|SEED",
-                     help="run the tests in file order (default), reversed, or shuffled by an integer seed: the "
-                          "suite must pass in any order")
+    parser.addoption("--order", default="heavy-first", metavar="heavy-first|file|reverse|SEED",
+                     help="run the modules in HEAVY_FIRST first, then the rest in file order (default), all in file "
+                          "order, reversed, or shuffled by an integer seed: the suite must pass in any order")
 
 
 def pytest_collection_modifyitems(config, items):
     order = config.getoption("--order")
-    if order == "reverse":
+    if order == "heavy-first":  # a stable sort: the order within each module is kept
+        rank = {name: k for k, name in enumerate(HEAVY_FIRST)}
+        items.sort(key=lambda item: rank.get(item.path.name, len(HEAVY_FIRST)))
+    elif order == "reverse":
         items.reverse()
-    elif order != "file":
+    elif order not in ("file", "heavy-first"):
         import random
 
         random.Random(int(order)).shuffle(items)  # the same order in every xdist worker
