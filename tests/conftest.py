@@ -47,16 +47,16 @@ def _global_state_is_restored(request):
 
 
 # Modules whose tests take tens of seconds each (notebooks, tumour pipeline runs, Laplace and MAP compilations),
-# run first with ``--order heavy-first`` (the default): the two xdist workers then share out the long tests while
-# many short ones are left to even out the end of the run, instead of a long test starting last on one worker.
+# run first with ``--order heavy-first``. On fresh clones it measured 587, 601 and 633 s against 598 s in file order
+# (the noise of this machine is of that size), so file order stays the default.
 HEAVY_FIRST = ("test_examples.py", "test_tumor_model.py", "test_tumor_cli.py", "test_surrogate.py", "test_laplace.py",
                "test_optimize.py")
 
 
 def pytest_addoption(parser):
-    parser.addoption("--order", default="heavy-first", metavar="heavy-first|file|reverse|SEED",
-                     help="run the modules in HEAVY_FIRST first, then the rest in file order (default), all in file "
-                          "order, reversed, or shuffled by an integer seed: the suite must pass in any order")
+    parser.addoption("--order", default="file", metavar="file|heavy-first|reverse|SEED",
+                     help="run the tests in file order (default), the modules in HEAVY_FIRST first and the rest in "
+                          "file order, reversed, or shuffled by an integer seed: the suite must pass in any order")
 
 
 def pytest_collection_modifyitems(config, items):
