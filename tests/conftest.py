@@ -4,6 +4,13 @@ Compiled XLA programs are cached on disk for the session (``.pytest_cache/jax``)
 run share them: the two xdist workers, the notebook kernels and the subprocess of the killed-run test compile
 the same tumour pipeline and the same small problems (a second ``bodil ctv`` on the tiny grid: 26 s -> 17 s).
 The variables are inherited by those processes; a fresh clone starts with an empty cache.
+
+Most tests compile small programs and run them a few times, so XLA's optimisation passes cost more than they
+save: tests run with ``jax_disable_most_optimizations`` (also for their subprocesses and notebook kernels, through
+``JAX_DISABLE_MOST_OPTIMIZATIONS=1``), except those marked ``xla_optimized``, whose sampling or training runs are
+long enough to pay for them. On this 2-core machine the test times summed to 1024 s instead of 1137 s (``make test``
+544 s instead of 587-634 s); without the marks a BASIS notebook took 116 s instead of 49 s. Results do not depend
+on it beyond rounding.
 """
 
 import os
@@ -11,7 +18,8 @@ import pathlib
 
 for name, value in (("JAX_COMPILATION_CACHE_DIR", str(pathlib.Path(__file__).parent.parent / ".pytest_cache" / "jax")),
                     ("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0"),
-                    ("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")):
+                    ("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0"),
+                    ("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")):
     os.environ.setdefault(name, value)
 
 import jax  # noqa: E402  (after the cache variables)
@@ -24,13 +32,22 @@ jax.config.update("jax_persistent_cache_min_entry_size_bytes", int(os.environ["J
 import pytest  # noqa: E402
 
 # Global state a test may read but must leave as it found it (the suite's order must not matter).
-_JAX_FLAGS = ("jax_enable_x64", "jax_default_matmul_precision", "jax_numpy_rank_promotion", "jax_debug_nans",
-              "jax_disable_jit", "jax_platforms")
+_JAX_FLAGS = ("jax_enable_x64", "jax_disable_most_optimizations", "jax_default_matmul_precision",
+              "jax_numpy_rank_promotion", "jax_debug_nans", "jax_disable_jit", "jax_platforms")
+
+
+def _read(name):
+    """A flag's value: states are attributes of ``jax.config``, plain flags (``jax_disable_most_optimizations``)
+    are read."""
+    try:
+        return getattr(jax.config, name)
+    except AttributeError:
+        return jax.config.read(name)
 
 
 def _snapshot():
     env = {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"}  # pytest's own bookkeeping
-    return {name: getattr(jax.config, name, None) for name in _JAX_FLAGS}, env
+    return {name: _read(name) for name in _JAX_FLAGS}, env
 
 
 @pytest.fixture(autouse=True)
@@ -51,6 +68,16 @@ def _global_state_is_restored(request):
 # (the noise of this machine is of that size), so file order stays the default.
 HEAVY_FIRST = ("test_examples.py", "test_tumor_model.py", "test_tumor_cli.py", "test_surrogate.py", "test_laplace.py",
                "test_optimize.py")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """XLA optimises only the programs of tests marked ``xla_optimized`` (and the module fixtures they set up);
+    the flag is restored after each test."""
+    before = _read("jax_disable_most_optimizations")
+    jax.config.update("jax_disable_most_optimizations", item.get_closest_marker("xla_optimized") is None)
+    yield
+    jax.config.update("jax_disable_most_optimizations", before)
 
 
 def pytest_addoption(parser):

@@ -99,6 +99,7 @@ def _sample(fit, batch_size, dtype="float64", **kw):
     return pipeline.sample_posterior(fit, settings, **kw)  # float64: tests/conftest.py
 
 
+@pytest.mark.xla_optimized
 def test_basis_with_batched_forward_runs_gives_the_serial_samples_and_resumes(tiny_fit, tmp_path, monkeypatch):
     serial, mode = _sample(tiny_fit, 1)
     batched, batched_mode = _sample(tiny_fit, 4)

@@ -61,6 +61,7 @@ def test_residual_gradient_loss_matches_finite_differences(case):
     np.testing.assert_allclose(auto, fd, rtol=1e-6, atol=1e-8)
 
 
+@pytest.mark.xla_optimized  # trains the module's pre-trained network
 def test_upper_level_gradient_matches_reference_solver(case, pretrained):
     """At a lower level converged at theta_0, d L_dat / d p through the network (BiLO's upper-level direction)
     equals the gradient of the same data loss through the finite-difference reference solver."""
@@ -87,6 +88,7 @@ def test_embedding_stays_fixed(net, pretrained):
     assert np.any(np.asarray(net.embedding) != 0)
 
 
+@pytest.mark.xla_optimized  # trains the module's pre-trained network
 def test_tiny_run_recovers_parameters_and_resumes(case, pretrained, tr, tmp_path):
     """A short fine-tuning moves (D, rho) closer to the truth than theta_0, and a run interrupted and resumed
     from its checkpoint ends exactly where the uninterrupted run ends."""

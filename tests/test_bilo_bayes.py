@@ -65,6 +65,7 @@ def quadrature(case, params, n=33):
     return out
 
 
+@pytest.mark.xla_optimized
 def test_posterior_matches_quadrature_within_monte_carlo_error(case, params, net, sampler):
     """HMC over (D, rho), the lower level re-solved to ``L_LO <= 5e-3`` at every leapfrog position: posterior
     mean and sd of D and rho within 4 Monte Carlo standard errors (``arviz.mcse`` of mean and sd, from the

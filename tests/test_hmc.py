@@ -138,6 +138,7 @@ def test_leapfrog_of_both_backends_is_reversible_on_a_gaussian_target():
 
 
 # ---------------------------------------------------------------------- the oscillator, Amoudruz et al.'s (2025) settings
+@pytest.mark.xla_optimized
 def test_oscillator_with_seed_003_settings():
     """Static HMC, 10 leapfrog steps, identity mass, no adaptation (Amoudruz et al. 2025, sec. 3.1), started at the
     truth instead of the MAP to spare a MAP solve (its PDE residuals are O(dt^2), its potential near the MAP's).

@@ -244,6 +244,7 @@ def reaction_diffusion_case_1():
     return reaction_diffusion_2d(case=1, sigma=0.05, n=24, nt=25, dtype=jnp.float64)
 
 
+@pytest.mark.xla_optimized
 def test_reaction_diffusion_map_recovers_the_initial_position(reaction_diffusion_case_1):
     """Start at the centre of the 1-pixels (0.74 grid spacings from the truth); the MAP lands 0.42 spacings from it."""
     problem = reaction_diffusion_case_1

@@ -69,6 +69,7 @@ def _tissue(batch=(), size=16, seed=0):
     return np.stack([wm, gm], axis=-4).astype(np.float32)
 
 
+@pytest.mark.xla_optimized
 def test_forward_and_inverse_networks_have_the_right_shapes_and_ranges():
     model, enc = _tiny(), _tiny("inverse")
     tissue = _tissue((3,))
@@ -319,6 +320,7 @@ def test_surrogate_box_places_the_tumour_where_the_fk_solver_does(demo_patient):
             assert metrics.ncc(moved, u_fk) < good
 
 
+@pytest.mark.xla_optimized
 def test_ctv_command_runs_on_the_surrogate(demo_patient, tmp_path):
     from bodil.cli import main
     from bodil.tumor import write_synthetic

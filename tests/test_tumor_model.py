@@ -108,6 +108,7 @@ def test_likelihood_weight_counts_one_observation_per_correlation_volume():
     assert likelihood_weight(60.0 / 24, 10.0) * 24**3 == pytest.approx(likelihood_weight(60.0 / 64, 10.0) * 64**3)
 
 
+@pytest.mark.xla_optimized
 def test_tempered_posterior_weighs_the_likelihood_by_w_and_is_wider():
     from bodil.tumor.model import ForwardLikelihood
     from bodil.tumor.pipeline import MapFit, sample_posterior
