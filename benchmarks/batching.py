@@ -25,6 +25,14 @@ and the largest ``log L`` and field differences of the two dtypes at the same pa
     python benchmarks/batching.py                          # 24^3 and 48^3, 64 particles, batches of 16
     python benchmarks/batching.py --sizes 24 48 64 --batch 16 64
     python benchmarks/batching.py --dtype-check
+    python benchmarks/batching.py --products 512
+
+``--products S`` times the CTV products instead (``bodil.tumor.products.posterior_ctvs``'s work): ``S`` box
+samples of a 24^3 box resampled to a 1 mm input grid of 197 x 233 x 189 (the BraTS/MNI152 size) and streamed
+through ``ctv_ensemble`` at margins 10, 15 and 20 mm, once padded to the whole grid (the former path) and once
+on the box's window (``ctv_ensemble(window=)``); printed are the time per sample, the fixed cost (pairwise
+statistics, distance maps), their ratio, the peak memory that numpy allocated (``tracemalloc``), and whether the
+two results are identical.
 """
 
 from __future__ import annotations
@@ -123,6 +131,70 @@ def dtype_check() -> None:
           f"max |du(T)| {max(float(np.abs(a[1] - b[1]).max()) for a, b in pairs):.2e}")
 
 
+def products(num_samples: int) -> None:
+    """``--products``: the CTV ensemble of ``num_samples`` box samples on a 1 mm grid, padded and windowed; the
+    time per sample is the difference to a run with half the samples (at least 42: both keep 21 masks)."""
+    import tracemalloc
+
+    from bodil.tumor.box import crop_around
+    from bodil.tumor.ensemble import ctv_ensemble
+
+    shape = (197, 233, 189)
+    ii, jj, kk = np.meshgrid(*(np.arange(n) - n / 2 for n in shape), indexing="ij", sparse=True)
+    brain = (ii / 85) ** 2 + (jj / 105) ** 2 + (kk / 85) ** 2 < 1
+    r2 = (ii - 20) ** 2 + (jj + 10) ** 2 + (kk - 5) ** 2
+    core, tumor = r2 < 15**2, r2 < 25**2
+    crop = crop_around(tumor, np.eye(4), n=24)
+    x = (np.arange(24) + 0.5) / 24 * crop.side_mm - crop.side_mm / 2
+    rng = np.random.default_rng(0)
+    shifts = rng.normal(0.0, 2.0, (num_samples, 3))
+    widths = rng.uniform(8.0, 20.0, num_samples)
+
+    def box_sample(k):  # a smooth tumour of varying reach, zero below 0.01
+        d2 = sum((g - c) ** 2 for g, c in zip(np.meshgrid(x, x, x, indexing="ij", sparse=True), shifts[k]))
+        f = np.exp(-d2 / (2 * widths[k] ** 2))
+        return np.where(f < 0.01, 0.0, f)
+
+    window = crop.input_window()
+
+    def padded():
+        full = np.zeros(shape)
+        for k in range(num_samples):
+            full[window] = np.clip(crop.to_input_window(box_sample(k))[1], 0.0, 1.0)
+            yield full
+
+    def windowed():
+        for k in range(num_samples):
+            yield np.clip(crop.to_input_window(box_sample(k))[1], 0.0, 1.0)
+
+    print(f"CTV products: {num_samples} samples of a 24^3 box ({crop.side_mm:.0f} mm) on a 1 mm grid {shape}, "
+          f"window {tuple(w.stop - w.start for w in window)}, margins 10 15 20 mm")
+    print(f"{'path':>9} {'total s':>8} {'per sample ms':>13} {'fixed s':>8} {'peak MiB':>9}")
+    results, per = {}, {}
+    for name, gen in (("padded", padded), ("windowed", windowed)):
+        kw = {} if name == "padded" else {"window": window}
+        half = num_samples // 2  # both runs keep the same number of masks for the pairwise statistics
+        t_half, _ = timed(lambda: ctv_ensemble(gen_k(gen, half), core, brain | tumor, (1.0,) * 3, **kw))
+        tracemalloc.start()
+        t, results[name] = timed(lambda: ctv_ensemble(gen(), core, brain | tumor, (1.0,) * 3, **kw))
+        peak = tracemalloc.get_traced_memory()[1] / 2**20
+        tracemalloc.stop()
+        per[name] = (t - t_half) / (num_samples - half)
+        print(f"{name:>9} {t:>8.1f} {1e3 * per[name]:>13.1f} {t - num_samples * per[name]:>8.1f} {peak:>9.0f}",
+              flush=True)
+    same = all(np.array_equal(getattr(results["padded"][m], f), getattr(results["windowed"][m], f))
+               for m in (10.0, 15.0, 20.0) for f in ("probability", "thresholds", "ensemble", "pair_dice"))
+    print(f"per-sample ratio padded / windowed: {per['padded'] / per['windowed']:.2f}; identical results: {same}")
+
+
+def gen_k(gen, k):
+    """The first ``k`` items of ``gen()``."""
+    for i, item in enumerate(gen()):
+        if i == k:
+            return
+        yield item
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[24, 48])
@@ -133,9 +205,14 @@ def main(argv=None) -> None:
     ap.add_argument("--rates", action="store_true", help="vary Dw and rho too")
     ap.add_argument("--dtype", choices=["float64", "float32"], default="float64")
     ap.add_argument("--dtype-check", action="store_true", help="float32 against float64 on a synthetic patient")
+    ap.add_argument("--products", type=int, metavar="S", help="time the CTV products of S samples instead")
     args = ap.parse_args(argv)
     if args.dtype_check:
         return dtype_check()
+    if args.products:
+        if args.products < 42:
+            ap.error("--products needs at least 42 samples (the per-sample time is measured against half of them)")
+        return products(args.products)
 
     print(f"{jax.devices()[0].platform}, {args.time_points} time nodes, {args.particles} particles"
           + (", Dw and rho varied" if args.rates else ", origin varied"))

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from bodil.tumor import ctv, ensemble
-from bodil.tumor._masks import top_k
+from bodil.tumor._masks import top_k, top_k_sparse
 
 
 def ball(shape, centre, radius_mm, spacing=(1.0, 1.0, 1.0)):
@@ -99,6 +99,30 @@ def test_model_ctv_is_the_exact_top_k_with_ties(seed):
             if k:
                 assert thr == np.sort(u[brain])[::-1][k - 1]
                 assert (u[mask] >= thr).all() and (u[brain & ~mask] <= thr).all()
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_sparse_top_k_is_top_k_of_the_vector_padded_with_zeros(seed):
+    # values at a subset of the indices, zero elsewhere: fewer or more positives than k, ties among the values
+    # and in the tie-break (the index decides), and a negative value (zeros then rank above it)
+    rng = np.random.default_rng(seed)
+    n = 300
+    tie = rng.integers(0, 5, size=n).astype(float)
+    order = np.argsort(tie, kind="stable")
+    where = np.sort(rng.choice(n, size=120, replace=False))
+    values = np.round(rng.uniform(size=where.size), 1)
+    values[rng.uniform(size=where.size) < 0.4] = 0.0
+    mark = np.zeros(n, bool)
+    for negative in (False, True):
+        if negative:
+            values[3] = -0.5
+        full = np.zeros(n)
+        full[where] = values
+        for k in (0, 1, 10, int((values > 0).sum()), 90, 200, n):
+            idx, thr = top_k_sparse(values, where, n, k, tie, order, mark)
+            ref, thr_ref = top_k(full, k, tie, order)
+            assert np.array_equal(np.sort(idx), np.sort(ref)) and thr == thr_ref
+            assert not mark.any()  # the scratch vector is left as it was found
 
 
 def test_model_ctv_constant_field_prefers_voxels_near_the_core():
@@ -237,6 +261,22 @@ def test_ensemble_streaming_matches_array_and_bounds_kept_masks():
     b = ensemble.ctv_ensemble((s for s in samples), core, brain, spacing, margins_mm=(3,), max_pairs=10, seed=7,
                          map_concentration=u_map)
     ra, rb = a[3], b[3]
+    # the samples given on a window outside which they are zero (a model box on the input grid): the same
+    # ensemble, also when a sample has fewer positive voxels than the CTV (the CTV is completed by distance)
+    window = (slice(3, 17), slice(2, 18), slice(4, 16))
+    boxed = np.zeros_like(samples)
+    cut = np.where(np.arange(len(samples)) % 2, 0.5, 0.1)[:, None, None, None]  # compact supports, two sizes
+    inside = samples[(slice(None),) + window]
+    boxed[(slice(None),) + window] = np.where(inside > cut, inside, 0.0)
+    positives = (boxed > 0).reshape(len(samples), -1).sum(axis=1)
+    assert positives.min() < a[3].n_voxels < positives.max()
+    full = ensemble.ctv_ensemble(boxed, core, brain, spacing, margins_mm=(3,), max_pairs=10, seed=7)[3]
+    win = ensemble.ctv_ensemble(iter(boxed[(slice(None),) + window]), core, brain, spacing, margins_mm=(3,),
+                                max_pairs=10, seed=7, window=window)[3]
+    for name in ("probability", "thresholds", "ensemble", "pairs", "pair_dice", "pair_mean_surface_mm"):
+        assert np.array_equal(getattr(full, name), getattr(win, name)), name
+    with pytest.raises(ValueError, match="the window has shape"):
+        ensemble.ctv_ensemble(iter(boxed), core, brain, spacing, margins_mm=(3,), window=window)
     assert len(ra.kept_indices) == 5  # smallest K with K (K - 1) / 2 >= 10
     assert len(ra.pairs) == 10 and len(np.unique(ra.pairs, axis=0)) == 10
     assert np.array_equal(ra.pairs, rb.pairs) and np.array_equal(ra.kept_indices, rb.kept_indices)

@@ -17,7 +17,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ._masks import as_mask, bounding_box, check_spacing, distance_to, finite, same_shape, surface, top_k
+from ._masks import (as_mask, bounding_box, check_spacing, distance_to, finite, same_shape, surface, top_k,
+                     top_k_sparse)
 from .ctv import core_distance, standard_ctv, voxel_volume_cm3
 
 LEVELS = (0.05, 0.5, 0.95)
@@ -164,7 +165,7 @@ def _pair_statistics(kept: list[np.ndarray], p50: np.ndarray, pairs_local: np.nd
 
 def ctv_ensemble(samples, core, brain, spacing, *, margins_mm: Sequence[float] = (10, 15, 20),
                  map_concentration=None, max_pairs: int = 200, n_kept: int | None = None,
-                 seed: int = 0) -> CTVEnsemble:
+                 seed: int = 0, window: tuple[slice, ...] | None = None) -> CTVEnsemble:
     """Model CTVs of every posterior sample, for each margin, with their spread and overlap.
 
     For each margin ``m`` the standard CTV fixes the volume ``N_m``; each sample ``u_s`` gives the model CTV
@@ -188,6 +189,11 @@ def ctv_ensemble(samples, core, brain, spacing, *, margins_mm: Sequence[float] =
         n_kept: how many samples' masks to keep for the pairwise statistics and the distance to the
             consensus; default the smallest number with at least ``max_pairs`` pairs (21 for 200).
         seed: seed of the choice of kept samples and pairs.
+        window: optional slices of the mask grid (step 1) outside which every sample is zero, such as a model
+            box's footprint on the input grid (``bodil.tumor.box.Crop.to_input_window``). The samples are then
+            given on the window only (shape of the window), and each is ranked in time proportional to the
+            window and the CTV volume instead of the whole grid; the result is the same as for the samples
+            padded with zeros.
 
     Returns:
         A ``CTVEnsemble``; ``ensemble[m]`` is the ``MarginCTV`` of margin ``m``.
@@ -201,12 +207,16 @@ def ctv_ensemble(samples, core, brain, spacing, *, margins_mm: Sequence[float] =
     distance = core_distance(core, sp)
     standards = {m: standard_ctv(core, brain, sp, m, distance=distance) for m in margins}
     rng = np.random.default_rng(seed)
-    stream = _ModelCTVStream(brain | core, distance, {m: int(standards[m].sum()) for m in margins}, n_keep, rng)
+    window = None if window is None else _check_window(name, window, shape)
+    sample_shape = shape if window is None else tuple(w.stop - w.start for w in window)
+    stream = _ModelCTVStream(brain | core, distance, {m: int(standards[m].sum()) for m in margins}, n_keep, rng,
+                             window)
     for s, sample in enumerate(samples):
         u = finite(name, f"sample {s}", sample)
-        if u.shape != shape:
-            raise ValueError(f"{name}: sample {s} has shape {u.shape} but the masks have shape {shape}; "
-                             f"give the concentration on the mask grid.")
+        if u.shape != sample_shape:
+            where = "the masks have" if window is None else "the window has"
+            raise ValueError(f"{name}: sample {s} has shape {u.shape} but {where} shape {sample_shape}; give the "
+                             f"concentration on the {'mask grid' if window is None else 'window'}.")
         stream.add(s, u)
     if stream.num_samples == 0:
         raise ValueError(f"{name}: no samples were given.")
@@ -222,6 +232,21 @@ def ctv_ensemble(samples, core, brain, spacing, *, margins_mm: Sequence[float] =
                                  map_results.get(m, (None, None))) for m in margins}
     return CTVEnsemble(margins_mm=margins, margins=results, num_samples=stream.num_samples, spacing=sp,
                        voxel_volume_cm3=vvol, region=stream.region)
+
+
+def _check_window(name, window, shape) -> tuple[slice, ...]:
+    """``window`` as slices with explicit bounds inside ``shape`` and step 1 (else ``ValueError``)."""
+    if not isinstance(window, (tuple, list)) or len(window) != len(shape) or not all(
+            isinstance(w, slice) for w in window):
+        raise ValueError(f"{name}: window must be a tuple of {len(shape)} slices, got {window!r}.")
+    out = []
+    for axis, (w, n) in enumerate(zip(window, shape)):
+        start, stop, step = w.indices(n)
+        if step != 1 or stop <= start:
+            raise ValueError(f"{name}: window slice {w} on axis {axis} must be a non-empty range of step 1 inside "
+                             f"0..{n}.")
+        out.append(slice(start, stop))
+    return tuple(out)
 
 
 def _check_margins_and_pairs(name, margins_mm, max_pairs, n_kept) -> tuple[tuple[float, ...], int]:
@@ -242,9 +267,11 @@ def _check_margins_and_pairs(name, margins_mm, max_pairs, n_kept) -> tuple[tuple
 class _ModelCTVStream:
     """Model CTVs of samples as they stream by: per margin, the count of samples whose CTV holds each voxel
     of ``region``, each sample's threshold, and the packed masks of ``n_keep`` samples chosen uniformly by
-    reservoir sampling (Algorithm R, drawing from ``rng``)."""
+    reservoir sampling (Algorithm R, drawing from ``rng``). With ``window`` (slices of the grid) the samples
+    are given on the window only and are zero outside it: each is ranked in O(window + CTV volume) rather than
+    O(region) (``top_k_sparse``), with the same result."""
 
-    def __init__(self, region, distance, sizes: dict, n_keep: int, rng):
+    def __init__(self, region, distance, sizes: dict, n_keep: int, rng, window=None):
         self.region, self.sizes, self.n_keep, self.rng = region, sizes, n_keep, rng
         self.region_idx = np.flatnonzero(region)
         self.n_region = self.region_idx.size
@@ -256,18 +283,36 @@ class _ModelCTVStream:
         self.kept_bits = {m: [] for m in sizes}
         self.num_samples = 0
         self._chosen = np.zeros(self.n_region, dtype=bool)
+        self.window = window
+        if window is not None:  # the region's voxels inside the window: positions in the region, flat in the window
+            self._scratch = np.zeros(self.n_region, dtype=bool)
+            coords = np.unravel_index(self.region_idx, region.shape)
+            inside = np.ones(self.n_region, bool)
+            for c, w in zip(coords, window):
+                inside &= (c >= w.start) & (c < w.stop)
+            self.where = np.flatnonzero(inside)
+            self.window_shape = tuple(w.stop - w.start for w in window)
+            self.local = np.ravel_multi_index(tuple(c[inside] - w.start for c, w in zip(coords, window)),
+                                              self.window_shape)
 
     def to_full(self, values, dtype=bool):
         out = np.zeros(self.region.size, dtype=dtype)
         out[self.region_idx] = values
         return out.reshape(self.region.shape)
 
+    def _top(self, values, margin) -> tuple[np.ndarray, float]:
+        """The region indices of ``margin``'s model CTV of ``values`` (on the region) and its threshold."""
+        return top_k(values, self.sizes[margin], self.tie, self.tie_order)
+
     def _select(self, values, margin) -> float:
         """Mark the model CTV of ``margin`` in ``self._chosen``; return its threshold."""
-        idx, thr = top_k(values, self.sizes[margin], self.tie, self.tie_order)
+        idx, thr = self._top(values, margin)
+        self._mark(idx)
+        return thr
+
+    def _mark(self, idx) -> None:
         self._chosen[:] = False
         self._chosen[idx] = True
-        return thr
 
     def model_ctv(self, u, margin) -> tuple[np.ndarray, float]:
         """The model CTV mask of ``margin`` for the concentration ``u`` and its threshold."""
@@ -279,8 +324,17 @@ class _ModelCTVStream:
         return self.to_full(self._chosen), thr
 
     def add(self, s: int, u) -> None:
-        """Count sample ``s`` (the ``s``-th of the stream, from 0)."""
-        values = u.ravel()[self.region_idx]
+        """Count sample ``s`` (the ``s``-th of the stream, from 0): ``u`` on the grid, or on the window."""
+        if self.window is None:
+            values = u.ravel()[self.region_idx]
+            top = self._top
+        else:
+            values = u.ravel()[self.local]
+            scratch = self._scratch  # all False between calls
+
+            def top(values, m):
+                return top_k_sparse(values, self.where, self.n_region, self.sizes[m], self.tie, self.tie_order,
+                                    scratch)
         n_keep = self.n_keep
         slot = s if s < n_keep else int(self.rng.integers(0, s + 1))
         if slot < n_keep and s >= n_keep:
@@ -288,13 +342,16 @@ class _ModelCTVStream:
         elif slot < n_keep:
             self.kept_index.append(s)
         for m in self.sizes:
-            self.thresholds[m].append(self._select(values, m))
+            idx, thr = top(values, m)
+            self.thresholds[m].append(thr)
             c = self.counts[m]
             if c.dtype == np.uint16 and s >= np.iinfo(np.uint16).max - 1:
                 c = self.counts[m] = c.astype(np.int64)
-            c += self._chosen
+            c[idx] += 1  # the indices are distinct
             if slot < n_keep:
+                self._mark(idx)
                 bits = np.packbits(self._chosen)
+                self._chosen[idx] = False
                 if s < n_keep:
                     self.kept_bits[m].append(bits)
                 else:

@@ -65,27 +65,26 @@ def final_particles_converged(idata) -> float:
 
 def posterior_ctvs(seg, anatomy, s, mf, idata, progress: bool | ProgressMeter = False) -> PosteriorCTVs:
     """Every sample's concentration brought to the input grid (clipped to [0, 1]) and streamed through
-    ``ctv_ensemble``, with the voxelwise mean and standard deviation accumulated on the way."""
+    ``ctv_ensemble``, with the voxelwise mean and standard deviation accumulated on the way. Outside the box
+    every sample is 0, so the samples travel as the box's window of the input grid (``ctv_ensemble(window=)``)."""
     crop, theta_map = mf.crop, mf.theta
     fields = np.asarray(idata.posterior["field"].values).reshape((-1,) + crop.shape)
     origin_box = np.stack([np.asarray(idata.posterior[c].values).ravel() if c in s.posterior_parameters
                            else np.full(fields.shape[0], theta_map[c]) for c in ORIGIN], axis=1)
+    window = crop.input_window()
     mean = np.zeros(seg.shape)
     sq = np.zeros(seg.shape)
 
-    def stream():  # outside the box every sample is 0: the sums and the clip run on the box's window only
-        full = np.zeros(seg.shape)
+    def stream():
         for f in as_meter(progress).track(fields, "CTV ensemble"):
-            window, block = crop.to_input_window(f)
-            block = np.clip(block, 0.0, 1.0)
+            block = np.clip(crop.to_input_window(f)[1], 0.0, 1.0)
             mean[window] += block
             sq[window] += block * block
-            full[window] = block
-            yield full
+            yield block
 
     u_map = np.clip(crop.to_input(np.asarray(mf.field[-1])), 0.0, 1.0)
     ens = ctv_ensemble(stream(), seg.core, anatomy.brain | seg.tumor, anatomy.spacing, margins_mm=s.margins_mm,
-                       map_concentration=u_map, seed=s.seed)
+                       map_concentration=u_map, seed=s.seed, window=window)
     n = fields.shape[0]
     mean /= n
     std = np.sqrt(np.maximum(sq / n - mean**2, 0.0))
