@@ -296,11 +296,13 @@ def main(argv=None):
     ev.add_argument("--results", required=True)
     ev.add_argument("--patients", type=int, nargs="+", help="patient indices (default: all)")
     ev.add_argument("--grid", type=int)
+    ev.add_argument("--inner", choices=["forward", "odil", "surrogate"],
+                    help="CTVSettings.inner, how BASIS evaluates log p(theta | D) (default: forward)")
     ev.add_argument("--max-spacing", type=float, metavar="MM", help="CTVSettings.max_spacing_mm (default: none)")
     ev.add_argument("--samples", type=int)
     ev.add_argument("--sample", nargs="+", help="CTVSettings.posterior_parameters (default: the origin)")
     ev.add_argument("--fit", nargs="+", help="CTVSettings.map_parameters (default: Dw rho x0 y0 z0)")
-    ev.add_argument("--error-correlation", type=float, help="CTVSettings.error_correlation_mm (default 15)")
+    ev.add_argument("--error-correlation", type=float, help="CTVSettings.error_correlation_mm (default: CTVSettings')")
     ev.add_argument("--reweight", type=float, nargs="+", metavar="L",
                     help="print the coverage at these error-correlation lengths (mm) by reweighting finished runs "
                          "made at a longer one, and stop")
@@ -318,7 +320,8 @@ def main(argv=None):
         with open(os.path.join(args.cohort, "manifest.json"), encoding="utf-8") as f:
             patients = list(range(json.load(f)["patients"]))
     over = {k: v for k, v in (("grid", args.grid), ("num_samples", args.samples), ("max_spacing_mm", args.max_spacing),
-                              ("error_correlation_mm", args.error_correlation)) if v is not None}
+                              ("error_correlation_mm", args.error_correlation), ("inner", args.inner))
+            if v is not None}
     if args.fit:
         over["map_parameters"] = tuple(args.fit)
     if args.sample:
