@@ -151,6 +151,47 @@ def reweighted_coverage(cohort: str, results: str, patients: list[int], lengths:
     return "\n".join(lines)
 
 
+def compare(results: str, against: str, patients: list[int], margins_mm) -> str:
+    """Two ``evaluate`` runs of the same patients side by side (for example ``--inner surrogate`` against the
+    forward limit): the distance of the posterior means of the origin in the reference run's posterior sd
+    (``sqrt(d^T S^-1 d)``, ``S`` its covariance of the origin), the Dice of the ensemble CTVs per margin, the
+    origin's coverage in each, the likelihood evaluations and their time per evaluation, and the wall times."""
+    import arviz as az
+    import nibabel as nib
+
+    from bodil.tumor.ctv import dice
+
+    head = (["patient", "mean distance (ref sd)"] + [f"Dice ensemble {m:g} mm" for m in margins_mm]
+            + ["origin in 90% (run / ref)", "evaluations (run / ref)", "ms per evaluation (run / ref)",
+               "wall s (run / ref)"])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for i in patients:
+        pair = [os.path.join(d, f"patient_{i:03d}") for d in (results, against)]
+        if not all(os.path.exists(os.path.join(d, "row.json")) for d in pair):
+            continue
+        rows, origins, inner = [], [], []
+        for d in pair:
+            with open(os.path.join(d, "row.json"), encoding="utf-8") as f:
+                rows.append(json.load(f))
+            with open(os.path.join(d, "ctv", "summary.json"), encoding="utf-8") as f:
+                inner.append(json.load(f)["posterior"]["inner_solves"])
+            post = az.from_netcdf(os.path.join(d, "ctv", "posterior.nc")).posterior
+            origins.append(np.stack([post[f"{c}_world"].values.ravel() for c in "xyz"], axis=1))
+        diff = origins[0].mean(axis=0) - origins[1].mean(axis=0)
+        distance = float(np.sqrt(diff @ np.linalg.solve(np.cov(origins[1].T), diff)))
+        dices = []
+        for m in margins_mm:
+            masks = [np.asarray(nib.load(os.path.join(d, "ctv", f"ctv_ensemble_{m:g}mm.nii.gz")).dataobj) > 0
+                     for d in pair]
+            dices.append(f"{dice(*masks):.3f}")
+        per_eval = [1e3 * s["wall_time"] / max(s["evaluations"], 1) for s in inner]
+        lines.append(f"| {i} | {distance:.2f} | " + " | ".join(dices)
+                     + f" | {'in' if rows[0]['origin_in_90'] else 'out'} / {'in' if rows[1]['origin_in_90'] else 'out'}"
+                     + f" | {inner[0]['evaluations']} / {inner[1]['evaluations']}"
+                     + f" | {per_eval[0]:.1f} / {per_eval[1]:.1f} | {rows[0]['wall_s']:.0f} / {rows[1]['wall_s']:.0f} |")
+    return "\n".join(lines)
+
+
 def evaluate_one(cohort: str, i: int, results: str, settings: CTVSettings) -> dict:
     """Run ``run_ctv`` on patient ``i`` and measure it against the truth (module docstring)."""
     import arviz as az
@@ -293,6 +334,8 @@ def main(argv=None):
     mk.add_argument("--seed", type=int, default=MAKE_SEED)
     ev = sub.add_parser("evaluate", help="run bodil's pipeline on the cohort and print the table (resumable)")
     ev.add_argument("--cohort", required=True)
+    ev.add_argument("--against", metavar="RESULTS",
+                    help="compare the runs in --results with those in this folder (same patients) and stop")
     ev.add_argument("--results", required=True)
     ev.add_argument("--patients", type=int, nargs="+", help="patient indices (default: all)")
     ev.add_argument("--grid", type=int)
@@ -327,6 +370,9 @@ def main(argv=None):
     if args.sample:
         over["posterior_parameters"] = tuple(args.sample)
     settings = dataclasses.replace(CTVSettings(), **over)
+    if args.against:
+        print(compare(args.results, args.against, patients, settings.margins_mm))
+        return
     if args.reweight:
         print(reweighted_coverage(args.cohort, args.results, patients, args.reweight))
         return

@@ -318,6 +318,17 @@ def test_surrogate_box_places_the_tumour_where_the_fk_solver_does(demo_patient):
         for step in (-10.0, 10.0):
             moved = np.asarray(field(dict(theta, **{axis: theta[axis] + step})))
             assert metrics.ncc(moved, u_fk) < good
+    # BASIS's batched path (ForwardLikelihood.batch: one vmapped call of the field) gives the serial values
+    from bodil.tumor.model import ForwardLikelihood
+
+    post_model = model.with_fixed(theta, infer=("x0", "y0", "z0"))
+    thetas = [{c: np.float64(theta[c] + d) for c in ("x0", "y0", "z0")} for d in (-2.0, 0.0, 3.0)]
+    fl = ForwardLikelihood(post_model, field)
+    serial = [fl(th) for th in thetas]
+    values, fields = fl.batch({c: np.array([th[c] for th in thetas]) for c in ("x0", "y0", "z0")})
+    np.testing.assert_allclose(np.asarray(values), [v for v, _ in serial], rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(fields), np.stack([f for _, f in serial]), atol=1e-5)
+    assert fl.evaluations == 6
 
 
 @pytest.mark.xla_optimized

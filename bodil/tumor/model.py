@@ -330,7 +330,8 @@ class ForwardLikelihood:
     """``theta -> (log p(D | u_FK(theta)(T), theta), u_FK(theta)(T))``: the mode approximation in the limit
     ``lambda_PDE -> infinity``, with an explicit Fisher-Kolmogorov run as the field (or, given ``field``, the
     neural surrogate's); counts its evaluations. ``batch`` evaluates a stacked batch of thetas in one vmapped
-    run (``bodil.forward.fk.BatchedFK``: the same steps, equal to rounding), ``cost`` is a run's step count
+    run (``bodil.forward.fk.BatchedFK``: the same steps, equal to rounding) or one vmapped call of the
+    surrogate's field (a pure JAX function of theta), ``cost`` is a run's step count
     (``bodil.inference.BatchExecutor(cost=...)``). ``dtype``: of the explicit run's field (float32 halves its
     memory; the likelihood is summed in float64)."""
 
@@ -353,13 +354,12 @@ class ForwardLikelihood:
         return value, np.asarray(u_final, np.float32)
 
     def batch(self, thetas: dict):
-        """``{name: (m,)}`` -> ``(log L (m,), u(T) (m, n, n, n) float32)``, as device arrays (explicit runs only;
-        every row counts as an evaluation, an executor's padding included)."""
-        if self.field is not None:
-            raise ValueError("ForwardLikelihood.batch evaluates explicit Fisher-Kolmogorov runs; with a field "
-                             "(the surrogate) evaluate one theta at a time.")
+        """``{name: (m,)}`` -> ``(log L (m,), u(T) (m, n, n, n) float32)``, as device arrays: one vmapped explicit
+        run (``BatchedFK``) or one vmapped call of the surrogate's field for the whole batch (every row counts as
+        an evaluation, an executor's padding included)."""
         start = time.perf_counter()
-        self.cost(thetas)  # refuses runs of too many steps, as the serial path does
+        if self.field is None:
+            self.cost(thetas)  # refuses runs of too many steps, as the serial path does
         values, fields = jax.block_until_ready(self._batched({k: jnp.asarray(v) for k, v in thetas.items()}))
         self.evaluations += int(values.shape[0])
         self.wall_time += time.perf_counter() - start
@@ -385,10 +385,21 @@ class ForwardLikelihood:
             return model.initial_condition(full), *(jnp.asarray(v) for v in (full["Dw"], full["Dw"] / full["ratio"],
                                                                             full["rho"]))
 
+        def final_log_likelihood(u, theta):
+            return sum(lik.log_prob(u[None], merge(theta)) for lik in likelihoods)
+
+        if self.field is not None:  # the surrogate's field: a pure JAX function of theta
+            field = self.field
+
+            def run_field(thetas):
+                u = jax.vmap(lambda th: field(merge(th)))(thetas).astype(jnp.float64)
+                return jax.vmap(final_log_likelihood)(u, thetas), u.astype(jnp.float32)
+
+            return jax.jit(run_field)
+
         def run(solver, thetas):  # the solver is an argument: its tissue maps are inputs, not folded constants
             u = solver.solve_batch(*jax.vmap(prepare)(thetas)).astype(jnp.float64)
-            values = jax.vmap(lambda v, th: sum(lik.log_prob(v[None], merge(th)) for lik in likelihoods))(u, thetas)
-            return values, u.astype(jnp.float32)
+            return jax.vmap(final_log_likelihood)(u, thetas), u.astype(jnp.float32)
 
         compiled = jax.jit(run)
         return lambda thetas: compiled(self._solver, thetas)

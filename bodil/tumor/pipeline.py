@@ -233,7 +233,8 @@ def sample_posterior(mf: MapFit, s: CTVSettings, progress: bool | ProgressMeter 
                      resume: bool = False):
     """Stage 4: BASIS on ``p(theta) L(theta)^w`` over ``CTVSettings.posterior_parameters`` (the others at the
     MAP); returns ``(idata, evaluator)``, the evaluator's ``summary()`` counting the inner solves. With
-    ``inner="forward"`` the particles of each sweep are evaluated in vmapped runs of ``s.batch_size``."""
+    ``inner="forward"`` or ``"surrogate"`` the particles of each sweep are evaluated in vmapped runs (explicit
+    solver or network) of ``s.batch_size``."""
     from ..inference import BatchExecutor, ModeApproximation, basis
 
     each = {"odil": "an inner ODIL solve",
@@ -266,8 +267,9 @@ def sample_posterior(mf: MapFit, s: CTVSettings, progress: bool | ProgressMeter 
         value, field = mode.batch(thetas)
         return w * value, {"field": field}
 
-    batched = s.inner == "forward" and s.batch_size > 1
-    executor = BatchExecutor(s.batch_size, cost=mode.cost, pad=8) if batched else None  # shapes 8, 16, ...
+    batched = s.inner in ("forward", "surrogate") and s.batch_size > 1
+    cost = mode.cost if s.inner == "forward" else None  # the surrogate's cost does not depend on theta
+    executor = BatchExecutor(s.batch_size, cost=cost, pad=8) if batched else None  # shapes 8, 16, ...
     idata = basis(tempered_batch if batched else tempered, post_model.posterior.params, num_samples=s.num_samples,
                   seed=s.seed, beta=s.beta, gamma=s.gamma, lmax=s.lmax, checkpoint=checkpoint, resume=resume,
                   progress=progress, executor=executor)

@@ -76,6 +76,7 @@ class CTVSettings:
             run (``ForwardLikelihood.batch``; the same steps as one at a time, equal to rounding): the bound on
             its memory, about ``batch_size * grid^3 * 80`` bytes. 1: one particle at a time (``solve_fk``).
             16 is the fastest measured on 2 CPU cores (benchmarks/batching.py); a GPU wants larger batches.
+            With ``inner="surrogate"``, the same number of particles go through the network in one call.
         dtype: ``"float64"`` or ``"float32"``, the precision of BASIS's explicit forward runs (``inner="forward"``)
             and of the fields they keep; the likelihood is summed in float64 either way, and the MAP, its Hessians
             and the ODIL solves stay in float64. float32 halves the runs' memory (the larger batches a GPU wants);
