@@ -10,6 +10,15 @@ device (``JAX_PLATFORMS=cpu`` forces the CPU).
     python benchmarks/gpu_check.py                 # CPU-sized: 24^3 x 12, 64 samples (about a minute, 2 cores)
     python benchmarks/gpu_check.py --paper         # Amoudruz et al. 2025: 64^3 x 128, 512 samples (GPU)
     python benchmarks/gpu_check.py --paper --batch-size 256
+    python benchmarks/gpu_check.py --surrogate 64 128   # the surrogate against the FK solver per crop
+
+``--surrogate SIZE ...`` instead times the neural surrogate (Weidner et al. 2025) against the explicit FK
+solver on crops of the shipped network's extent (128 mm) around the synthetic patient's tumour, resampled to
+``SIZE^3`` (``benchmarks/surrogate.py``'s ``forward_time_per_crop``: one jit-compiled batched network call per
+``--crops`` crops against as many FK runs; at another size than the shipped 32^3 the network is one of the same
+architecture with random weights, whose cost does not depend on them). The explicit solver's step count grows
+with the square of the resolution, the network's cost with its volume: Weidner et al. claim the surrogate wins
+on fine grids, and this measures where.
 """
 
 from __future__ import annotations
@@ -49,6 +58,41 @@ def device_memory() -> str:
     return f"{peak / 2**30:.2f} GiB peak" + (f" of {limit / 2**30:.1f} GiB" if limit else "")
 
 
+def surrogate_timing(sizes, crops: int) -> None:
+    """``--surrogate``: seconds per crop of the surrogate and of the FK solver at each size (see the docstring)."""
+    import types
+
+    import numpy as np
+
+    from surrogate import forward_time_per_crop  # benchmarks/surrogate.py (the script's folder)
+
+    from bodil.forward import surrogate as S
+    from bodil.forward.dataset import FKSettings
+    from bodil.tumor.box import Crop
+
+    model = S.pretrained("forward")
+    anatomy = mni152(2)
+    patient = synthetic_patient(anatomy, origin=(-28.0, -20.0, 16.0), dw=0.5, rho=0.045)
+    n, h = model.architecture.size, model.spacing_mm
+    centre = np.argwhere(patient.labels > 0).mean(axis=0)
+    step = h / np.asarray(anatomy.spacing)
+    crop = Crop(n=n, input_shape=anatomy.shape, input_affine=anatomy.affine, start=tuple(centre - 0.5 * n * step),
+                side_mm=n * h)
+    box = anatomy.crop(crop)
+    tissue = np.stack([box.wm, box.gm]).astype(np.float32)
+    rng = np.random.default_rng(0)
+    lo, hi = np.asarray(model.theta_lower), np.asarray(model.theta_upper)
+    theta = lo + (hi - lo) * rng.uniform(0.3, 0.7, size=(crops, lo.size))  # away from the edges of the ranges
+    cases = types.SimpleNamespace(theta=theta, tissue=np.repeat(tissue[None], crops, axis=0))
+    device = jax.devices()[0]
+    print(f"device: {device.platform} ({device.device_kind}); {crops} crops of {n * h:g} mm, theta drawn inside "
+          f"the training ranges")
+    print(f"{'crop':>6} {'spacing mm':>10} {'surrogate s':>12} {'FK s':>8} {'FK / surrogate':>15}")
+    for size in sizes:
+        t_sur, t_fk = forward_time_per_crop(model, cases, FKSettings(), size, crops)
+        print(f"{size:>5}^3 {n * h / size:>10.2f} {t_sur:>12.3f} {t_fk:>8.3f} {t_fk / t_sur:>15.2f}", flush=True)
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--paper", action="store_true", help="64^3 x 128 time nodes, 512 samples")
@@ -57,7 +101,12 @@ def main(argv=None) -> None:
     ap.add_argument("--samples", type=int, help="BASIS samples (default 64, 512 with --paper)")
     ap.add_argument("--batch-size", type=int, help="particles per vmapped run (1: one at a time; default 128 on "
                     "a GPU, CTVSettings' default on a CPU)")
+    ap.add_argument("--surrogate", type=int, nargs="+", metavar="SIZE",
+                    help="time the surrogate against the FK solver per crop at these sizes instead (e.g. 64 128)")
+    ap.add_argument("--crops", type=int, default=4, help="crops per timing with --surrogate (default 4)")
     args = ap.parse_args(argv)
+    if args.surrogate:
+        return surrogate_timing(args.surrogate, args.crops)
 
     sizes = dict(grid=64, time_points=128, num_samples=512) if args.paper else dict(grid=24, time_points=12,
                                                                                      num_samples=64)
