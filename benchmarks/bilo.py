@@ -202,7 +202,8 @@ def gbm_neural_row(case, method, args, w=1.0):
     net = local_operator_net(0, 3, 2, width=args.width, depth=args.depth,
                              transform=cases_gbm.make_transform(case.settings["seed_width"]),
                              uses_params=method == "bilo", dtype=jnp.float32)
-    settings = BiLOSettings(method=method, w_data=w, chunk=args.chunk, lr_theta=args.lr_theta)
+    settings = BiLOSettings(method=method, w_data=w, chunk=args.chunk, lr_theta=args.lr_theta,
+                            log_params=args.log_params)
     tr = trainer(case.problem, net, settings, reference=case.pretrain)
     pre = fit(tr, tr.init(case.theta0, pretrain=True), args.pre_steps)
     print(f"pre-training {method} w={w:g}: {pre.wall_time:.1f} s (compilation included), final L_res "
@@ -232,7 +233,7 @@ def gbm_main(args):
           f"{case.problem.collocation.shape[0]}, data {case.problem.data_points.shape[0]} (tissue nodes x 2 "
           f"thresholds); network {args.depth} x {args.width} tanh (float32), Adam lr_net 1e-3, lr_theta "
           f"{args.lr_theta:g}; pre-training {args.pre_steps}, inverse {args.steps} steps\n", flush=True)
-    rows = {f"ODIL beta={b:g}": gbm_odil_row(case, b, args) for b in args.odil_beta}
+    rows = {} if args.no_odil else {f"ODIL beta={b:g}": gbm_odil_row(case, b, args) for b in args.odil_beta}
     if not args.only_odil:
         rows["BiLO"] = gbm_neural_row(case, "bilo", args)
         rows.update({f"PINN w={w:g}": gbm_neural_row(case, "pinn", args, w) for w in args.pinn_w})
@@ -284,6 +285,9 @@ def main():
     ap.add_argument("--pinn-w", type=float, nargs="+")
     ap.add_argument("--odil-beta", type=float, nargs="+")
     ap.add_argument("--only-odil", action="store_true", help="skip BiLO and the PINNs")
+    ap.add_argument("--no-odil", action="store_true", help="gbm: skip ODIL")
+    ap.add_argument("--log-params", action="store_true",
+                    help="gbm: the networks' parameters move in log space (BiLOSettings.log_params: stay positive)")
     ap.add_argument("--n-space", type=int, help="gbm: space nodes per axis of the slice")
     ap.add_argument("--n-t", type=int, help="gbm: time nodes (evaluation and ODIL grid)")
     ap.add_argument("--odil-iter", type=int, help="gbm: most Gauss-Newton iterations of ODIL")

@@ -126,6 +126,23 @@ def test_pinn_loss_is_eq_11(toy):
     assert float(jnp.abs(jax.grad(lambda q: net(jnp.asarray([0.5, 0.5]), q))(p)).sum()) == 0.0
 
 
+def test_log_parameters_stay_positive_and_take_relative_steps(toy):
+    """``log_params``: Adam on ``log p``. Its first step moves each parameter with a non-zero gradient by the
+    factor ``exp(-lr sign(p dL/dp))`` (Adam's first update is ``-lr g / (|g| + eps)``); with a step of 100 that
+    drives plain Adam's ``a`` from 0.7 to -99.3, ``a`` stays positive."""
+    prob, net, _ = toy
+    p0 = jnp.asarray([0.7, 1.2])
+    grad = jax.grad(lambda q: losses.residual_loss(net, prob, q) + 10.0 * losses.data_loss(net, prob, q))(p0)
+    assert grad[0] != 0.0 and grad[1] == 0.0  # the operator reads a, not b; the network ignores p
+    for lr in (0.5, 100.0):
+        tr = trainer(prob, net, BiLOSettings(method="pinn", w_data=10.0, lr_theta=lr, chunk=1, log_params=True))
+        p1 = tr.step(tr.init(p0))[0].p
+        np.testing.assert_allclose(p1, [0.7 * np.exp(-lr * np.sign(float(grad[0]))), 1.2], rtol=1e-6)
+        assert bool(jnp.all(p1 > 0))
+    with pytest.raises(ValueError, match="must be positive"):
+        tr.init(jnp.asarray([-0.1, 1.0]))
+
+
 def test_residual_gradient_options_agree(toy):
     """The "fd" option of the residual-gradient loss agrees with autodiff, and the loss is mean_i ||d r_i / d p||^2."""
     prob, _, _ = toy

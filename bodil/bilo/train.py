@@ -66,6 +66,9 @@ class BiLOSettings:
         inner_tol: the lower-level tolerance those steps aim at.
         chunk: steps per compiled chunk (progress, divergence checks and checkpoints happen between chunks).
         explode: ``DivergenceError`` when the trained loss exceeds ``explode * max(first loss, 1e-3)``.
+        log_params: Adam moves ``log p`` instead of ``p`` (gradient ``p * dL/dp``), so the parameters stay
+            positive (a diffusion coefficient or a growth rate never crosses zero) and ``lr_theta`` is a relative
+            step; the starting ``p`` must be positive.
     """
 
     method: str = "bilo"
@@ -79,6 +82,7 @@ class BiLOSettings:
     inner_tol: float = 0.0
     chunk: int = 100
     explode: float = 1e6
+    log_params: bool = False
 
     def __post_init__(self):
         where = "BiLOSettings"
@@ -233,8 +237,13 @@ def trainer(problem: L.PointwiseProblem, net, settings: BiLOSettings = BiLOSetti
             upd, opt_w = opt_net.update(g_w, opt_w, params)
             new_params = optax.apply_updates(params, upd)
             dat = upper(p, params, y)
-        upd, opt_p = opt_theta.update(g_p, opt_p, p)
-        p = jnp.where(pre, p, optax.apply_updates(p, upd))
+        if s.log_params:  # Adam on q = log p: dL/dq = p dL/dp
+            q = jnp.log(p)
+            upd, opt_p = opt_theta.update(g_p * p, opt_p, q)
+            p = jnp.where(pre, p, jnp.exp(optax.apply_updates(q, upd)))
+        else:
+            upd, opt_p = opt_theta.update(g_p, opt_p, p)
+            p = jnp.where(pre, p, optax.apply_updates(p, upd))
         info = StepInfo(loss, res, rgrad, dat, p, k, ok)
         return BiLOState(new_params, p, opt_w, opt_p, state.step + 1, pre), info
 
@@ -245,6 +254,9 @@ def trainer(problem: L.PointwiseProblem, net, settings: BiLOSettings = BiLOSetti
         if p0.shape != (len(problem.names),):
             raise ValueError(f"trainer.init: p0 has shape {p0.shape}; the problem has {len(problem.names)} "
                              f"parameter(s) {problem.names}.")
+        if s.log_params and not bool(jnp.all(p0 > 0)):
+            raise ValueError(f"trainer.init: log_params=True moves log p, so every starting parameter must be "
+                             f"positive; got p0 = {np.asarray(p0)}.")
         if jax.tree_util.tree_structure(params) != jax.tree_util.tree_structure(params0):
             raise ValueError("trainer.init: params do not have the structure of the trainer's network; pass "
                              "result.state.params of a network of the same size.")
