@@ -68,18 +68,16 @@ def surrogate_timing(sizes, crops: int) -> None:
 
     from bodil.forward import surrogate as S
     from bodil.forward.dataset import FKSettings
-    from bodil.tumor.box import Crop
+    from bodil.tumor import crop_around
+    from bodil.tumor.surrogate import SurrogateBox
 
     model = S.pretrained("forward")
     anatomy = mni152(2)
     patient = synthetic_patient(anatomy, origin=(-28.0, -20.0, 16.0), dw=0.5, rho=0.045)
+    tumour = patient.labels > 0
+    # the pipeline's placement of the network's crop (centred on the tumour) and its tissue
+    tissue = SurrogateBox(model, anatomy, tumour, crop_around(tumour, anatomy.affine), t_final=100.0).tissue
     n, h = model.architecture.size, model.spacing_mm
-    centre = np.argwhere(patient.labels > 0).mean(axis=0)
-    step = h / np.asarray(anatomy.spacing)
-    crop = Crop(n=n, input_shape=anatomy.shape, input_affine=anatomy.affine, start=tuple(centre - 0.5 * n * step),
-                side_mm=n * h)
-    box = anatomy.crop(crop)
-    tissue = np.stack([box.wm, box.gm]).astype(np.float32)
     rng = np.random.default_rng(0)
     lo, hi = np.asarray(model.theta_lower), np.asarray(model.theta_upper)
     theta = lo + (hi - lo) * rng.uniform(0.3, 0.7, size=(crops, lo.size))  # away from the edges of the ranges

@@ -377,7 +377,7 @@ class ForwardLikelihood:
 
     @functools.cached_property
     def _batched(self):
-        model, likelihoods = self.model, self.model.posterior.likelihoods
+        model = self.model
         merge = model.posterior.params.merge
 
         def prepare(theta):
@@ -386,7 +386,7 @@ class ForwardLikelihood:
                                                                             full["rho"]))
 
         def final_log_likelihood(u, theta):
-            return sum(lik.log_prob(u[None], merge(theta)) for lik in likelihoods)
+            return model._compiled_final_log_likelihood(u, merge(theta))
 
         if self.field is not None:  # the surrogate's field: a pure JAX function of theta
             field = self.field
