@@ -36,6 +36,7 @@ import sys
 import time
 
 import numpy as np
+import scipy.special
 import scipy.stats
 
 from bodil.io import atomic_directory, load_nifti, save_nifti, write_json
@@ -110,6 +111,22 @@ def weighted_interval(x: np.ndarray, w: np.ndarray, level: float = 0.9) -> tuple
     return float(x[order][np.searchsorted(c, lo)]), float(x[order][min(np.searchsorted(c, hi), len(x) - 1)])
 
 
+def rescaled_marginal(idata, ratio: float) -> np.ndarray:
+    """Per sample, ``log sum_k pi_k L_k^(ratio w)`` from a run that integrated the thresholds out at weight ``w``:
+    its stored marginal ``m = log sum_k pi_k L_k^w`` and node masses ``p_k = pi_k L_k^w / e^m`` give
+    ``w log L_k = log p_k + m - log pi_k`` (``bodil.tumor.thresholds``)."""
+    from bodil.tumor.model import threshold_priors
+    from bodil.tumor.thresholds import threshold_quadrature
+
+    stored = idata.sample_stats["log_likelihood"].values.reshape(-1, 1)
+    p = idata.posterior["threshold_weights"].values.astype(float)
+    p = p.reshape(-1, p.shape[-1])
+    log_pi = threshold_quadrature(threshold_priors(), int(idata.attrs["threshold_nodes"])).log_mass
+    with np.errstate(divide="ignore"):
+        w_log_l = np.log(p) + stored - log_pi
+    return scipy.special.logsumexp(log_pi + ratio * w_log_l, axis=1)
+
+
 def reweighted_coverage(cohort: str, results: str, patients: list[int], lengths: list[float]) -> str:
     """Coverage of the origin, ``Dw T`` and ``rho T`` for other error-correlation lengths ``l'``, from runs made
     at a longer ``l`` (a wider posterior): BASIS's final samples reweighted by ``L^(w' - w)``,
@@ -135,6 +152,8 @@ def reweighted_coverage(cohort: str, results: str, patients: list[int], lengths:
             w_new = min(1.0, (summary["box"]["spacing_mm"] / length) ** 3)
             stored = idata.sample_stats["log_likelihood"].values.ravel()  # w * log L
             log_r = (w_new / w - 1.0) * stored
+            if "threshold_weights" in idata.posterior:  # thresholds integrated out: stored = log sum_k pi_k L_k^w
+                log_r = rescaled_marginal(idata, w_new / w) - stored
             r = np.exp(log_r - log_r.max())
             ess.append(r.sum() ** 2 / (r**2).sum())
             post = idata.posterior
@@ -222,10 +241,14 @@ def evaluate_one(cohort: str, i: int, results: str, settings: CTVSettings) -> di
         if name in post:
             q = np.quantile(post[name].values.ravel() * t_model, [0.05, 0.95])
             row[f"{name}T_in_90"] = bool(q[0] <= true <= q[1])
+    integrated = s["posterior"].get("thresholds", {})
     for name, true in (("ratio", truth["ratio"]), ("tau_lo", truth["tau_edema"]), ("tau_up", truth["tau_core"])):
         if name in post:
             q = np.quantile(post[name].values.ravel(), [0.05, 0.95])
             row[f"{name}_in_90"] = bool(q[0] <= true <= q[1])
+        elif name in integrated:  # marginalised: the posterior of the thresholds from the quadrature's nodes
+            row[f"{name}_in_90"] = bool(integrated[name]["q05"] <= true <= integrated[name]["q95"])
+            row[f"{name}_mean"] = integrated[name]["mean"]
         if name in theta:
             row[f"{name}_map"] = theta[name]
     row["cover"] = coverage(out, truth, anatomy, seg, conc, settings.margins_mm)
@@ -346,6 +369,8 @@ def main(argv=None):
     ev.add_argument("--sample", nargs="+", help="CTVSettings.posterior_parameters (default: the origin)")
     ev.add_argument("--fit", nargs="+", help="CTVSettings.map_parameters (default: Dw rho x0 y0 z0)")
     ev.add_argument("--error-correlation", type=float, help="CTVSettings.error_correlation_mm (default: CTVSettings')")
+    ev.add_argument("--thresholds", choices=["marginalised", "fixed"], help="CTVSettings.thresholds (default: "
+                    "marginalised where possible)")
     ev.add_argument("--reweight", type=float, nargs="+", metavar="L",
                     help="print the coverage at these error-correlation lengths (mm) by reweighting finished runs "
                          "made at a longer one, and stop")
@@ -363,7 +388,8 @@ def main(argv=None):
         with open(os.path.join(args.cohort, "manifest.json"), encoding="utf-8") as f:
             patients = list(range(json.load(f)["patients"]))
     over = {k: v for k, v in (("grid", args.grid), ("num_samples", args.samples), ("max_spacing_mm", args.max_spacing),
-                              ("error_correlation_mm", args.error_correlation), ("inner", args.inner))
+                              ("error_correlation_mm", args.error_correlation), ("inner", args.inner),
+                              ("thresholds", args.thresholds))
             if v is not None}
     if args.fit:
         over["map_parameters"] = tuple(args.fit)

@@ -63,7 +63,8 @@ def _settings(args):
                               ("inner_iterations", args.inner_iterations), ("inner", args.inner),
                               ("initializer", args.init), ("map_parameters", args.fit),
                               ("posterior_parameters", args.sample), ("dtype", args.dtype),
-                              ("max_spacing_mm", args.max_spacing)) if v is not None}
+                              ("max_spacing_mm", args.max_spacing), ("thresholds", args.thresholds))
+            if v is not None}
     if args.error_correlation is not None:
         over["error_correlation_mm"] = args.error_correlation or None  # 0: untempered
     return dataclasses.replace(base, **over)
@@ -294,6 +295,10 @@ def _size_options(p):
     p.add_argument("--sample", nargs="+", metavar="NAME",
                    help="parameters sampled by BASIS, among the fitted ones and the origin (default: x0 y0 z0); "
                         "the others are held at the MAP")
+    p.add_argument("--thresholds", choices=["marginalised", "fixed"],
+                   help="the visibility thresholds in the posterior when not sampled: integrated over their prior "
+                        "('marginalised', the default where the sigmoid likelihood and --inner forward or surrogate "
+                        "allow it) or held at the MAP's values ('fixed')")
     p.add_argument("--error-correlation", type=float, metavar="MM",
                    help="distance in mm over which segmentation and model errors are correlated: the posterior "
                         "counts one independent observation per MM^3 (default 25; 0: one per voxel, untempered)")

@@ -64,6 +64,11 @@ def check_every_product(patient, out, printed):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["settings"]["num_samples"] == 6 and len(summary["ctv"]) == 3
     assert set(summary["posterior"]["origin_world_mm"]) == {"x", "y", "z"}
+    thresholds = summary["posterior"]["thresholds"]  # integrated out by default: a posterior inside the prior
+    assert thresholds["treatment"] == "marginalised" and thresholds["quadrature_error_nats"] < 0.1
+    for name, (low, high) in thresholds["prior"].items():
+        t = thresholds[name]
+        assert low < t["q05"] <= t["q50"] <= t["q95"] < high and low < t["mean"] < high
     pdf = (out / "report.pdf").read_bytes()
     assert pdf.startswith(b"%PDF")
     assert len(re.findall(rb"/Type\s*/Page\b", pdf)) >= 4  # summary, slices, histograms, notes

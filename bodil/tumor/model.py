@@ -51,6 +51,7 @@ from ..prior import Params, PDEPrior, Uniform
 from ..residuals import clipped_gaussian, clipped_gaussian_profile, fisher_kpp
 from ..stencil import TISSUE_THRESHOLD
 from .segmentation import CORE, EDEMA, IGNORE
+from .thresholds import binned_log_likelihoods
 
 PARAMETERS = ("Dw", "ratio", "rho", "M", "x0", "y0", "z0", "tau_lo", "tau_up")
 ORIGIN = ("x0", "y0", "z0")
@@ -90,8 +91,12 @@ def default_priors(origin_lower, origin_upper) -> dict[str, dist.Distribution]:
     lo, up = np.asarray(origin_lower, float), np.asarray(origin_upper, float)
     return {"Dw": dist.LogUniform(1e-3, 10.0), "ratio": dist.LogUniform(2.0, 1000.0),
             "rho": dist.LogUniform(1e-3, 1.0), "M": dist.LogUniform(1.0, 3000.0),
-            **{c: Uniform(float(a), float(b)) for c, a, b in zip(ORIGIN, lo, up)},
-            "tau_lo": Uniform(0.05, 0.5), "tau_up": Uniform(0.5, 0.95)}
+            **{c: Uniform(float(a), float(b)) for c, a, b in zip(ORIGIN, lo, up)}, **threshold_priors()}
+
+
+def threshold_priors() -> dict[str, dist.Distribution]:
+    """The visibility thresholds' priors: ``tau_lo`` uniform in [0.05, 0.5], ``tau_up`` in [0.5, 0.95]."""
+    return {"tau_lo": Uniform(0.05, 0.5), "tau_up": Uniform(0.5, 0.95)}
 
 
 @dataclasses.dataclass
@@ -333,12 +338,15 @@ class ForwardLikelihood:
     run (``bodil.forward.fk.BatchedFK``: the same steps, equal to rounding) or one vmapped call of the
     surrogate's field (a pure JAX function of theta), ``cost`` is a run's step count
     (``bodil.inference.BatchExecutor(cost=...)``). ``dtype``: of the explicit run's field (float32 halves its
-    memory; the likelihood is summed in float64)."""
+    memory; the likelihood is summed in float64). With ``thresholds`` (a ``ThresholdQuadrature``) the
+    log-likelihood is evaluated at every node of the rule on the same field: a vector ``(K,)`` per theta
+    (``ThresholdQuadrature.marginal`` integrates it)."""
 
-    def __init__(self, model, field=None, dtype=jnp.float64):
+    def __init__(self, model, field=None, dtype=jnp.float64, thresholds=None):
         self.model = model
         self.field = field
         self.dtype = jnp.dtype(dtype)
+        self.thresholds = thresholds
         self.evaluations, self.wall_time = 0, 0.0
 
     def __call__(self, theta):
@@ -348,7 +356,7 @@ class ForwardLikelihood:
             u_final = jnp.asarray(self.model.forward(full, dtype=self.dtype)[-1], jnp.float64)
         else:
             u_final = jnp.asarray(self.field(full), jnp.float64)
-        value = self.model.final_log_likelihood(u_final, full)
+        value = self._final_log_likelihood(u_final, full)
         self.evaluations += 1
         self.wall_time += time.perf_counter() - start
         return value, np.asarray(u_final, np.float32)
@@ -376,9 +384,28 @@ class ForwardLikelihood:
         return BatchedFK(m.wm, m.gm, m.spacing, m.grid.coordinates(0), dtype=self.dtype, final_only=True)
 
     @functools.cached_property
+    def _node_log_likelihoods(self):
+        """``(u(T), theta) -> log L`` at the model's thresholds, or at every node of ``thresholds``
+        (``bodil.tumor.thresholds.binned_log_likelihoods``)."""
+        if self.thresholds is None:
+            return self.model._compiled_final_log_likelihood
+        (lik,) = self.model.posterior.likelihoods
+        if not isinstance(lik, ThreeClassSigmoid):
+            raise ValueError(f"ForwardLikelihood: the thresholds can be integrated out of the three-class sigmoid "
+                             f"likelihood only (normalised in them), not {type(lik).__name__}.")
+        at_nodes = binned_log_likelihoods(lik, self.thresholds)
+        return jax.jit(lambda u_final, theta: at_nodes(u_final[None], theta))
+
+    def _final_log_likelihood(self, u_final, theta):
+        if self.thresholds is None:
+            return self.model.final_log_likelihood(u_final, theta)
+        return np.asarray(self._node_log_likelihoods(u_final, theta), np.float64)
+
+    @functools.cached_property
     def _batched(self):
         model = self.model
         merge = model.posterior.params.merge
+        at_nodes = self._node_log_likelihoods
 
         def prepare(theta):
             full = merge(theta)
@@ -386,7 +413,7 @@ class ForwardLikelihood:
                                                                             full["rho"]))
 
         def final_log_likelihood(u, theta):
-            return model._compiled_final_log_likelihood(u, merge(theta))
+            return at_nodes(u, merge(theta))
 
         if self.field is not None:  # the surrogate's field: a pure JAX function of theta
             field = self.field

@@ -16,7 +16,9 @@ when it starts:
    parameters at their MAP values (by default its
    ``lambda_PDE -> infinity`` limit, a forward run per evaluation; ``CTVSettings.inner``), its likelihood
    counting one independent observation per ``(25 mm)^3`` rather than per voxel
-   (``CTVSettings.error_correlation_mm``); each sample keeps its concentration at the imaging time;
+   (``CTVSettings.error_correlation_mm``) and integrated over the visibility thresholds' prior
+   (``CTVSettings.thresholds``, ``bodil.tumor.thresholds``); each sample keeps its concentration at the
+   imaging time;
 5. CTVs: for each margin (10, 15, 20 mm) the standard plan and every sample's model CTV of equal volume,
    on the input grid (``bodil.tumor.ctv``, ``bodil.tumor.ensemble``, streamed by ``bodil.tumor.products``);
 6. files (``bodil.tumor.products``): NIfTI maps, ``posterior.nc`` (InferenceData), ``summary.json`` and the
@@ -41,11 +43,12 @@ from ..progress import ProgressMeter
 from .anatomy import Anatomy, crop_around
 from .box import side_to_contain
 from .checkpoint import check_checkpoint, fingerprint
-from .model import ForwardLikelihood, fit_forward, initial_guess, tumor_model
+from .model import ForwardLikelihood, fit_forward, initial_guess, threshold_priors, tumor_model
 from .products import posterior_ctvs, report_content, summarise, write_products
 from .report import write_report
 from .segmentation import Segmentation, load_segmentation
 from .settings import CTVSettings
+from .thresholds import threshold_quadrature
 
 log = logging.getLogger(__name__)
 
@@ -245,6 +248,12 @@ def sample_posterior(mf: MapFit, s: CTVSettings, progress: bool | ProgressMeter 
     log.info(f"posterior of {', '.join(s.posterior_parameters)}: BASIS, {s.num_samples} samples, likelihood "
              f"weight w = {w:.3g}, each evaluation {each}")
     post_model = mf.model.with_fixed(mf.theta, infer=s.posterior_parameters)
+    quad, quad_error = None, None
+    if s.threshold_treatment == "marginalised":
+        quad, quad_error = threshold_rule(post_model, mf.theta, w, s.threshold_nodes)
+        nodes = int(round(np.sqrt(quad.size)))
+        log.info(f"visibility thresholds integrated over their prior ({nodes} x {nodes} Gauss-Legendre nodes on "
+                 f"each sample's field; at the MAP {quad_error:.1g} nats from the rule with twice the nodes)")
     theta_start = {k: jnp.asarray(mf.theta[k]) for k in s.posterior_parameters}
     if s.inner == "odil":
         mode = ModeApproximation(post_model.posterior, (mf.field, theta_start), ftol=s.inner_ftol,
@@ -256,16 +265,22 @@ def sample_posterior(mf: MapFit, s: CTVSettings, progress: bool | ProgressMeter 
         log_likelihood = mode.log_likelihood
     else:
         mode = ForwardLikelihood(post_model, None if s.inner == "forward" else jax.jit(mf.surrogate_box.field),
-                                 dtype=jnp.dtype(s.dtype))
+                                 dtype=jnp.dtype(s.dtype), thresholds=quad)
         log_likelihood = mode
 
     def tempered(theta):  # the final field goes to idata.posterior["field"], inner-solve stats to sample_stats
         value, field, *stats = log_likelihood(theta)
-        return (w * value, {"field": field}, *stats)
+        if quad is None:
+            return (w * value, {"field": field}, *stats)
+        return (float(quad.marginal(value, w)),
+                {"field": field, "threshold_weights": np.asarray(quad.node_posterior(value, w), np.float32)}, *stats)
 
     def tempered_batch(thetas):  # the same for a stacked batch: one vmapped run per chunk of particles
         value, field = mode.batch(thetas)
-        return w * value, {"field": field}
+        if quad is None:
+            return w * value, {"field": field}
+        return quad.marginal(value, w), {"field": field,
+                                         "threshold_weights": quad.node_posterior(value, w).astype(jnp.float32)}
 
     batched = s.inner in ("forward", "surrogate") and s.batch_size > 1
     cost = mode.cost if s.inner == "forward" else None  # the surrogate's cost does not depend on theta
@@ -274,7 +289,34 @@ def sample_posterior(mf: MapFit, s: CTVSettings, progress: bool | ProgressMeter 
                   seed=s.seed, beta=s.beta, gamma=s.gamma, lmax=s.lmax, checkpoint=checkpoint, resume=resume,
                   progress=progress, executor=executor)
     idata.attrs["likelihood_weight"] = w
+    if quad is not None:
+        idata.attrs["threshold_nodes"] = int(round(np.sqrt(quad.size)))
+        idata.attrs["threshold_quadrature_error"] = quad_error
     return idata, mode
+
+
+THRESHOLD_TOLERANCE = 0.01
+"""Nats: the error of the threshold integral at the MAP that ``threshold_rule`` accepts."""
+
+
+def threshold_rule(model, theta: dict, weight: float, nodes: int | None = None):
+    """The Gauss-Legendre rule over the thresholds and its error at ``theta`` (the MAP; one forward run): the
+    difference, in nats, of the tempered marginal likelihood from the rule with twice the nodes. With
+    ``nodes=None`` the first of 8, 16 and 32 nodes per threshold whose error is below ``THRESHOLD_TOLERANCE``
+    (the integrand sharpens with the weight and the number of observed voxels), else 32."""
+    full = model.posterior.params.merge({k: jnp.asarray(theta[k]) for k in model.posterior.params.priors})
+    field = jnp.asarray(model.forward(full)[-1], jnp.float64)
+
+    def marginal(n):
+        rule = threshold_quadrature(threshold_priors(), n)
+        return rule, float(rule.marginal(ForwardLikelihood(model, thresholds=rule)._final_log_likelihood(field, full),
+                                         weight))
+
+    for n in ((nodes,) if nodes else (8, 16, 32)):
+        (quad, value), (_, finer) = marginal(n), marginal(2 * n)
+        if abs(value - finer) <= THRESHOLD_TOLERANCE:
+            break
+    return quad, abs(value - finer)
 
 
 def _run(seg: Segmentation, anatomy: Anatomy, tmp: str, s: CTVSettings, patient_id: str, truth, inputs,

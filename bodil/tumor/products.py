@@ -17,9 +17,10 @@ import numpy as np
 from ..io import save_nifti
 from ..progress import ProgressMeter, as_meter
 from .ensemble import CTVEnsemble, ctv_ensemble
-from .model import ORIGIN, UNITS
+from .model import ORIGIN, UNITS, threshold_priors
 from .report import ReportContent
 from .report_content import run_assumptions
+from .thresholds import THRESHOLDS, threshold_quadrature, threshold_summary
 
 
 @dataclasses.dataclass
@@ -141,6 +142,7 @@ def summarise(seg, anatomy, s, mf, idata, ctvs: PosteriorCTVs, inner: dict, pati
             "origin_spread_mm": float(np.sqrt(np.trace(np.cov(origin_world.T)))),
             "likelihood_weight": float(idata.attrs["likelihood_weight"]),
             "log_evidence": float(idata.attrs.get("log_evidence", np.nan)),  # of the tempered likelihood
+            "thresholds": threshold_posterior(s, idata),
             "inner_solves": inner,
         },
         "ctv": ctvs.ensemble.table(),
@@ -150,6 +152,10 @@ def summarise(seg, anatomy, s, mf, idata, ctvs: PosteriorCTVs, inner: dict, pati
     if not status["converged"]:
         notes.append(f"The MAP solve ({status['method']}) did not reach its tolerance ({status['message']}); the "
                      f"MAP concentration and MAP model CTVs come from an unconverged fit.")
+    thresholds = summary["posterior"]["thresholds"]
+    if thresholds.get("quadrature_error_nats", 0.0) > 0.1:
+        notes.append(f"The integral over the visibility thresholds is {thresholds['quadrature_error_nats']:.2g} nats "
+                     f"from the rule with twice the nodes at the MAP; raise CTVSettings.threshold_nodes.")
     final = final_particles_converged(idata)
     summary["posterior"]["final_samples_converged"] = final
     if final < 1.0:
@@ -167,6 +173,21 @@ def summarise(seg, anatomy, s, mf, idata, ctvs: PosteriorCTVs, inner: dict, pati
     return summary
 
 
+def threshold_posterior(s, idata) -> dict:
+    """How the posterior treated the visibility thresholds (``CTVSettings.threshold_treatment``) and, when it
+    integrated them out, their posterior (mixture over the samples of the nodes' masses: mean, sd and
+    5/50/95% quantiles on the nodes) and prior ranges."""
+    treatment = s.threshold_treatment
+    if treatment != "marginalised":
+        return {"treatment": treatment}
+    priors = threshold_priors()
+    quad = threshold_quadrature(priors, int(idata.attrs["threshold_nodes"]))
+    return {"treatment": treatment, "nodes": quad.size,
+            "quadrature_error_nats": float(idata.attrs["threshold_quadrature_error"]),
+            "prior": {n: [float(priors[n].low), float(priors[n].high)] for n in THRESHOLDS},
+            **threshold_summary(np.asarray(idata.posterior["threshold_weights"].values), quad)}
+
+
 def sampled_intervals(idata, names) -> dict:
     """Mean, sd and 5/50/95% quantiles of each sampled parameter other than the origin (model units)."""
     return {n: quantiles(idata.posterior[n].values.ravel()) for n in names if n not in ORIGIN}
@@ -176,7 +197,8 @@ def _parameter_rows(model, theta_map: dict, ctvs: PosteriorCTVs, intervals: dict
     """The report's parameter table: MAP values, the posterior of the initial position in world mm and the 90%
     intervals of the other sampled parameters."""
     rows = []
-    for name in model.posterior.params.priors:
+    names = list(model.posterior.params.priors) + [n for n in intervals if n not in model.posterior.params.priors]
+    for name in names:
         row = {"name": name, "unit": UNITS.get(name, ""), "map": theta_map[name]}
         if name in intervals:
             row.update({k: intervals[name][k] for k in ("mean", "q05", "q95")})
@@ -208,6 +230,14 @@ def report_content(seg, anatomy, s, mf, idata, ctvs: PosteriorCTVs, summary: dic
     return ReportContent.from_ensemble(
         ctvs.ensemble, patient_id=patient_id, run=run, tissue=anatomy.tissue, classes=seg.classes,
         affine=seg.affine, origin_samples=ctvs.origin_world, parameters=_parameter_rows(mf.model, mf.theta, ctvs,
-                                                                               summary["posterior"]["intervals"]),
+                                                                               _report_intervals(summary)),
         notes=summary["notes"], origin_truth=origin_truth, origin_map=ctvs.map_origin_world,
-        assumptions=run_assumptions(mf.model.posterior.params.fixed, s.map_parameters, s.posterior_parameters))
+        assumptions=run_assumptions(mf.model.posterior.params.fixed, s.map_parameters, s.posterior_parameters,
+                                    summary["posterior"]["thresholds"]))
+
+
+def _report_intervals(summary: dict) -> dict:
+    """The sampled parameters' intervals and, when marginalised, the thresholds' posterior."""
+    thresholds = summary["posterior"]["thresholds"]
+    extra = {n: thresholds[n] for n in THRESHOLDS if n in thresholds}
+    return {**summary["posterior"]["intervals"], **extra}

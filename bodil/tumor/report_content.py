@@ -67,9 +67,10 @@ _WORDS = {"Dw": "the white-matter diffusivity Dw", "rho": "the proliferation rat
           "ratio": "the diffusivity ratio Dw/Dg", "tau_lo": "the edema threshold", "tau_up": "the core threshold"}
 
 
-def run_assumptions(fixed: dict, fitted, sampled) -> tuple[str, ...]:
+def run_assumptions(fixed: dict, fitted, sampled, thresholds: dict | None = None) -> tuple[str, ...]:
     """``ASSUMPTIONS`` plus, in plain words, which parameters this run fixed (with their values), fitted at the
-    MAP only, and sampled in the posterior (their uncertainty is in the CTV ensemble)."""
+    MAP only, sampled in the posterior (their uncertainty is in the CTV ensemble) and integrated out
+    (``thresholds``: the summary's ``posterior.thresholds``)."""
     origin = ("x0", "y0", "z0")
 
     def words(names):
@@ -79,7 +80,9 @@ def run_assumptions(fixed: dict, fitted, sampled) -> tuple[str, ...]:
         return ", ".join(out)
 
     lines = list(ASSUMPTIONS)
-    held = [f"{_WORDS.get(k, k)} = {v:g}" for k, v in fixed.items() if k not in origin]
+    integrated = thresholds is not None and thresholds.get("treatment") == "marginalised"
+    integrated_names = ("tau_lo", "tau_up") if integrated else ()
+    held = [f"{_WORDS.get(k, k)} = {v:g}" for k, v in fixed.items() if k not in origin + integrated_names]
     if held:
         lines.append("Fixed, not inferred: " + ", ".join(held) + "; errors in these values are not part of the "
                      "uncertainty shown.")
@@ -89,6 +92,12 @@ def run_assumptions(fixed: dict, fitted, sampled) -> tuple[str, ...]:
                      f"uncertainty is not part of the spread shown.")
     if sampled:
         lines.append(f"Sampled in the posterior (their uncertainty is in the CTV ensemble): {words(sampled)}.")
+    if integrated:
+        ranges = "; ".join(f"{_WORDS[n]} uniform on [{thresholds['prior'][n][0]:g}, {thresholds['prior'][n][1]:g}]"
+                           for n in integrated_names)
+        fit_at = [f"{_WORDS[n]} = {fixed[n]:g}" for n in integrated_names if n in fixed]
+        lines.append(f"Integrated over their prior in the posterior (not fixed at one guess): {ranges}"
+                     + (f"; the best fit (MAP) holds {', '.join(fit_at)}." if fit_at else "."))
     return tuple(lines)
 
 

@@ -14,6 +14,7 @@ INNER = ("forward", "odil", "surrogate")
 INITIALIZERS = ("forward", "surrogate")
 LIKELIHOODS = ("sigmoid", "interval")
 DTYPES = ("float64", "float32")
+THRESHOLD_TREATMENTS = ("marginalised", "fixed")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +53,15 @@ class CTVSettings:
             per sample. The paper's ``beta = 0.2, lmax = 1`` give an effective sample size of one or two per
             run; ``beta = 0.7, lmax = 3`` is the cheapest setting measured whose estimates are usable
             (``tests/test_smc.py`` tests them).
+        thresholds: how the posterior treats the visibility thresholds ``tau_lo``, ``tau_up`` when it does not
+            sample them. ``"marginalised"``: integrated over their uniform priors by a ``threshold_nodes^2``
+            Gauss-Legendre rule on each sample's field (``bodil.tumor.thresholds``; needs the sigmoid likelihood,
+            which is normalised in the thresholds, and ``inner="forward"`` or ``"surrogate"``, whose field does
+            not depend on them); ``"fixed"``: held at the MAP's values. ``None``: marginalised where that is
+            possible, fixed otherwise (the summary's ``posterior.thresholds`` says which).
+        threshold_nodes: Gauss-Legendre nodes per threshold of the marginalisation; ``None``: the first of 8,
+            16, 32 whose error at the MAP (against twice the nodes) is below 0.01 nats
+            (``bodil.tumor.pipeline.threshold_rule``). The summary gives that error.
         inner: how ``log p(theta | D)`` is evaluated for BASIS. ``"forward"``: the limit
             ``lambda_PDE -> infinity`` of the mode approximation, where ``u*(theta)`` is the solution of the PDE
             (an explicit Fisher-Kolmogorov run, ``bodil.forward.fk``) and
@@ -106,6 +116,8 @@ class CTVSettings:
     beta: float = 0.7
     gamma: float = 1.5
     lmax: int = 3
+    thresholds: str | None = None
+    threshold_nodes: int | None = None
     inner: str = "forward"
     initializer: str = "forward"
     inner_ftol: float = 1e-6
@@ -134,6 +146,26 @@ class CTVSettings:
         return self.map_iterations
 
     @property
+    def threshold_treatment(self) -> str:
+        """``thresholds`` resolved: ``"sampled"`` when the posterior samples them, else ``"marginalised"`` or
+        ``"fixed"`` (``None``: marginalised where possible)."""
+        if {"tau_lo", "tau_up"} & set(self.posterior_parameters):
+            return "sampled"
+        if self.thresholds is not None:
+            return self.thresholds
+        return "marginalised" if self._marginalisable() is None else "fixed"
+
+    def _marginalisable(self) -> str | None:
+        """Why the thresholds cannot be marginalised in this run (``None``: they can)."""
+        if self.likelihood != "sigmoid":
+            return ("the interval hinge (likelihood='interval') is not normalised in the thresholds; use "
+                    "likelihood='sigmoid'")
+        if self.inner == "odil":
+            return ("the inner ODIL solve's field depends on the thresholds (one solve per quadrature node); use "
+                    "inner='forward' or 'surrogate'")
+        return None
+
+    @property
     def inner_damping(self) -> float:
         """Starting Levenberg-Marquardt damping of the ODIL solves: a tenth of the largest curvature per voxel
         of the data term, ``1 / (4 sigma^2)`` for both likelihoods' sigmoid (why damping: docs/tumor.md)."""
@@ -148,14 +180,25 @@ class CTVSettings:
     def _check(self) -> None:
         where = "CTVSettings"
         for name, low in (("grid", 8), ("time_points", 4), ("num_samples", 4), ("lmax", 1), ("inner_iterations", 1),
-                          ("inner_cg_iterations", 1), ("map_iterations", 0), ("seed", 0), ("batch_size", 1)):
-            if name == "map_iterations" and self.map_iterations is None:
+                          ("inner_cg_iterations", 1), ("map_iterations", 0), ("seed", 0), ("batch_size", 1),
+                          ("threshold_nodes", 2)):
+            if name in ("map_iterations", "threshold_nodes") and getattr(self, name) is None:
                 continue
             object.__setattr__(self, name, _checks.integer(where, name, getattr(self, name), low))
         _checks.choice(where, "inner", self.inner, INNER)
         _checks.choice(where, "initializer", self.initializer, INITIALIZERS)
         _checks.choice(where, "likelihood", self.likelihood, LIKELIHOODS)
         _checks.choice(where, "dtype", self.dtype, DTYPES)
+        if self.thresholds is not None:
+            _checks.choice(where, "thresholds", self.thresholds, THRESHOLD_TREATMENTS)
+            sampled = sorted({"tau_lo", "tau_up"} & set(self.posterior_parameters))
+            if sampled:
+                raise ValueError(f"{where}: thresholds={self.thresholds!r} but the posterior samples {sampled}; "
+                                 f"set thresholds=None (bodil ctv: leave out --thresholds) or sample fewer.")
+            why = self._marginalisable()
+            if self.thresholds == "marginalised" and why:
+                raise ValueError(f"{where}: the thresholds cannot be marginalised here: {why}, or "
+                                 f"thresholds='fixed'.")
         for name in ("t_final", "box_scale", "sigma", "beta", "gamma", "inner_ftol"):
             _checks.positive(where, name, getattr(self, name))
         for name in ("lambda_pde", "lambda_ic"):
