@@ -111,20 +111,27 @@ def weighted_interval(x: np.ndarray, w: np.ndarray, level: float = 0.9) -> tuple
     return float(x[order][np.searchsorted(c, lo)]), float(x[order][min(np.searchsorted(c, hi), len(x) - 1)])
 
 
-def rescaled_marginal(idata, ratio: float) -> np.ndarray:
-    """Per sample, ``log sum_k pi_k L_k^(ratio w)`` from a run that integrated the thresholds out at weight ``w``:
-    its stored marginal ``m = log sum_k pi_k L_k^w`` and node masses ``p_k = pi_k L_k^w / e^m`` give
-    ``w log L_k = log p_k + m - log pi_k`` (``bodil.tumor.thresholds``)."""
-    from bodil.tumor.model import threshold_priors
-    from bodil.tumor.thresholds import threshold_quadrature
-
+def rescaled_marginal(idata, ratio: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per sample, ``log sum_k pi_k L_k^(ratio w)`` and the nodes' masses at that weight, from a run that
+    integrated the thresholds out at weight ``w``: its stored marginal ``m = log sum_k pi_k L_k^w`` and node
+    masses ``p_k = pi_k L_k^w / e^m`` give ``w log L_k = log p_k + m - log pi_k`` (``bodil.tumor.thresholds``)."""
     stored = idata.sample_stats["log_likelihood"].values.reshape(-1, 1)
     p = idata.posterior["threshold_weights"].values.astype(float)
     p = p.reshape(-1, p.shape[-1])
-    log_pi = threshold_quadrature(threshold_priors(), int(idata.attrs["threshold_nodes"])).log_mass
+    log_pi = threshold_rule(idata).log_mass
     with np.errstate(divide="ignore"):
         w_log_l = np.log(p) + stored - log_pi
-    return scipy.special.logsumexp(log_pi + ratio * w_log_l, axis=1)
+    scaled = log_pi + ratio * w_log_l
+    marginal = scipy.special.logsumexp(scaled, axis=1)
+    return marginal, np.exp(scaled - marginal[:, None])
+
+
+def threshold_rule(idata):
+    """The quadrature rule a run integrated the thresholds with."""
+    from bodil.tumor.model import threshold_priors
+    from bodil.tumor.thresholds import threshold_quadrature
+
+    return threshold_quadrature(threshold_priors(), int(idata.attrs["threshold_nodes"]))
 
 
 def reweighted_coverage(cohort: str, results: str, patients: list[int], lengths: list[float]) -> str:
@@ -133,7 +140,8 @@ def reweighted_coverage(cohort: str, results: str, patients: list[int], lengths:
     ``w = min(1, (h / l)^3)``. Valid while the weights' effective sample size stays large (printed)."""
     import arviz as az
 
-    lines = ["| l' (mm) | origin in 90% | Dw T in 90% | rho T in 90% | median ESS |", "|---|---|---|---|---|"]
+    lines = ["| l' (mm) | origin in 90% | Dw T in 90% | rho T in 90% | tau_lo in 90% | tau_up in 90% | median ESS |",
+             "|---|---|---|---|---|---|---|"]
     runs = []
     for i in patients:
         out = os.path.join(results, f"patient_{i:03d}", "ctv")
@@ -146,14 +154,16 @@ def reweighted_coverage(cohort: str, results: str, patients: list[int], lengths:
             truth = json.load(f)
         runs.append((summary, idata, truth))
     for length in lengths:
-        hits, ess = {"origin": [], "Dw": [], "rho": []}, []
+        hits, ess = {"origin": [], "Dw": [], "rho": [], "tau_lo": [], "tau_up": []}, []
         for summary, idata, truth in runs:
             w = float(idata.attrs["likelihood_weight"])
             w_new = min(1.0, (summary["box"]["spacing_mm"] / length) ** 3)
             stored = idata.sample_stats["log_likelihood"].values.ravel()  # w * log L
             log_r = (w_new / w - 1.0) * stored
+            nodes = None
             if "threshold_weights" in idata.posterior:  # thresholds integrated out: stored = log sum_k pi_k L_k^w
-                log_r = rescaled_marginal(idata, w_new / w) - stored
+                marginal, nodes = rescaled_marginal(idata, w_new / w)
+                log_r = marginal - stored
             r = np.exp(log_r - log_r.max())
             ess.append(r.sum() ** 2 / (r**2).sum())
             post = idata.posterior
@@ -164,6 +174,12 @@ def reweighted_coverage(cohort: str, results: str, patients: list[int], lengths:
                 if name in post:
                     lo, hi = weighted_interval(post[name].values.ravel() * t_model, r)
                     hits[name].append(lo <= true <= hi)
+            if nodes is not None:
+                from bodil.tumor.thresholds import threshold_summary
+
+                summary_w = threshold_summary(r[:, None] * nodes, threshold_rule(idata))
+                for name, true in (("tau_lo", truth["tau_edema"]), ("tau_up", truth["tau_core"])):
+                    hits[name].append(summary_w[name]["q05"] <= true <= summary_w[name]["q95"])
         lines.append(f"| {length:g} | " + " | ".join(f"{sum(hits[k])}/{len(hits[k])}" if hits[k] else "-"
                                                      for k in hits)
                      + f" | {np.median(ess):.0f} |")
@@ -366,7 +382,7 @@ def main(argv=None):
                     help="CTVSettings.inner, how BASIS evaluates log p(theta | D) (default: forward)")
     ev.add_argument("--max-spacing", type=float, metavar="MM", help="CTVSettings.max_spacing_mm (default: none)")
     ev.add_argument("--samples", type=int)
-    ev.add_argument("--sample", nargs="+", help="CTVSettings.posterior_parameters (default: the origin)")
+    ev.add_argument("--sample", nargs="+", help="CTVSettings.posterior_parameters (default: CTVSettings')")
     ev.add_argument("--fit", nargs="+", help="CTVSettings.map_parameters (default: Dw rho x0 y0 z0)")
     ev.add_argument("--error-correlation", type=float, help="CTVSettings.error_correlation_mm (default: CTVSettings')")
     ev.add_argument("--thresholds", choices=["marginalised", "fixed"], help="CTVSettings.thresholds (default: "

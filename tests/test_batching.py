@@ -93,9 +93,9 @@ def tiny_fit():
     return pipeline.MapFit(None, model, theta)
 
 
-def _sample(fit, batch_size, dtype="float64", **kw):
-    settings = CTVSettings(grid=10, time_points=5, num_samples=8, batch_size=batch_size,
-                           posterior_parameters=("rho", *ORIGIN), dtype=dtype)
+def _sample(fit, batch_size, dtype="float64", thresholds="fixed", **kw):
+    settings = CTVSettings(grid=10, time_points=5, num_samples=8, batch_size=batch_size, error_correlation_mm=25.0,
+                           posterior_parameters=("rho", *ORIGIN), dtype=dtype, thresholds=thresholds)
     return pipeline.sample_posterior(fit, settings, **kw)  # float64: tests/conftest.py
 
 
@@ -110,6 +110,12 @@ def test_basis_with_batched_forward_runs_gives_the_serial_samples_and_resumes(ti
                                    atol=1e-7)
     np.testing.assert_allclose(batched.sample_stats["log_likelihood"].values,
                                serial.sample_stats["log_likelihood"].values, rtol=1e-10)
+    # with the thresholds integrated out (the default), the batched nodes give the serial ones too
+    serial_m, _ = _sample(tiny_fit, 1, thresholds="marginalised")
+    batched_m, _ = _sample(tiny_fit, 4, thresholds="marginalised")
+    for name in ("rho", *ORIGIN, "threshold_weights"):
+        np.testing.assert_allclose(batched_m.posterior[name].values, serial_m.posterior[name].values, rtol=1e-6,
+                                   atol=1e-7)
     # killed after a few sweeps, then resumed from its checkpoint: the same samples as uninterrupted
     path, batch, calls = str(tmp_path / "basis.pkl"), pipeline.ForwardLikelihood.batch, []
 

@@ -14,7 +14,8 @@ import pytest
 
 from bodil.cli import main
 
-TINY = ["--grid", "8", "--time-points", "4", "--samples", "6", "--inner-iterations", "2"]
+TINY = ["--grid", "8", "--time-points", "4", "--samples", "6", "--inner-iterations", "2",
+        "--error-correlation", "15"]  # a sharper posterior than the default's, so that BASIS takes several stages
 
 
 @pytest.fixture(scope="module")

@@ -118,7 +118,8 @@ def test_tempered_posterior_weighs_the_likelihood_by_w_and_is_wider():
     mf = MapFit(crop=None, model=model, fit=None, theta=TRUTH)
     runs = {}
     for ell in (None, 10.0):
-        idata, _ = sample_posterior(mf, CTVSettings(num_samples=24, error_correlation_mm=ell))
+        idata, _ = sample_posterior(mf, CTVSettings(num_samples=24, error_correlation_mm=ell, thresholds="fixed",
+                                                    posterior_parameters=ORIGIN))
         runs[ell] = idata
     w = runs[10.0].attrs["likelihood_weight"]
     assert w == pytest.approx((60.0 / 12 / 10.0) ** 3) and runs[None].attrs["likelihood_weight"] == 1.0

@@ -12,8 +12,8 @@ when it starts:
    ``inner="odil"``) ODIL refines it: the GliODIL posterior (``bodil.tumor.model``) maximised jointly over the
    field and the parameters by Gauss-Newton from the forward fit, kept only when it converges;
 4. posterior: BASIS (``beta = 0.7``, ``gamma = 1.5``, ``l_max = 3``; not Amoudruz et al.'s (2025) ``beta = 0.2``,
-   ``l_max = 1``, see ``CTVSettings``) on the mode approximation of ``p(x0, y0, z0 | D)`` with the other
-   parameters at their MAP values (by default its
+   ``l_max = 1``, see ``CTVSettings``) on the mode approximation of ``p(x0, y0, z0 | D)`` with the
+   other parameters at their MAP values (by default its
    ``lambda_PDE -> infinity`` limit, a forward run per evaluation; ``CTVSettings.inner``), its likelihood
    counting one independent observation per ``(25 mm)^3`` rather than per voxel
    (``CTVSettings.error_correlation_mm``) and integrated over the visibility thresholds' prior

@@ -39,7 +39,8 @@ class CTVSettings:
         map_parameters: parameters fitted by the MAP; the others stay at their fixed values
             (``ratio = Dw / Dg = 10``, ``tau_lo = 0.25``, ``tau_up = 0.675``).
         posterior_parameters: parameters sampled by BASIS (the rest fixed at the MAP); among the MAP
-            parameters and the origin.
+            parameters and the origin. Default: the origin (sampling ``Dw`` and ``rho`` too covers their truth
+            but made the ensemble CTV worse on the validation cohort, docs/tumor.md).
         likelihood: ``"sigmoid"`` (Amoudruz et al. 2025, eq. 36, smooth: the inner Newton solves converge) or
             ``"interval"`` (eq. 30, the paper's hinge).
         lambda_pde, lambda_ic, sigma: weights of eq. 32 and the likelihood width.
@@ -47,7 +48,8 @@ class CTVSettings:
             model are correlated. The posterior counts one independent observation per ``l^3`` instead of one
             per voxel: BASIS samples ``p(theta) L(theta)^w`` with ``w = min(1, (h / l)^3)``, ``h`` the box
             spacing (a tempered, or composite, likelihood), so its width does not depend on the box
-            resolution. ``None``: ``w = 1``, the likelihood of Amoudruz et al. 2025 as is.
+            resolution. ``None``: ``w = 1``, the likelihood of Amoudruz et al. 2025 as is. The default, 25 mm,
+            is calibrated on a validation cohort (docs/tumor.md).
         beta, gamma, lmax: BASIS settings (Wu et al. 2018): proposal covariance ``beta^2`` times the particles'
             weighted covariance, target coefficient of variation of the incremental weights, Metropolis steps
             per sample. The paper's ``beta = 0.2, lmax = 1`` give an effective sample size of one or two per
