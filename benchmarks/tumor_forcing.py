@@ -52,10 +52,9 @@ from bodil.optimize.preconditioner import implicit_solve  # noqa: E402
 from bodil.tumor.model import ORIGIN  # noqa: E402
 
 
-def forcing_problem(model, theta_in: dict, project: bool = False):
-    """The march with forcing, its tangent and adjoint, and ``Phi`` for the model at ``theta_in`` (origin).
-    ``project``: every step (and ``u^0``) clipped to [0, 1], the tangent and adjoint zero through clipped
-    values (the generalised derivative of the clip)."""
+def _pieces(model, theta_in: dict):
+    """The model at ``theta_in``: posterior, merged theta, grid, time step, space shape, faces, periodicity,
+    ``rho`` on the points, the seed, the Crank-Nicolson rate ``F(u)`` and its derivative ``F'(v) x``."""
     post = model.posterior
     theta = post.params.merge(theta_in)
     grid = post.grid
@@ -70,6 +69,15 @@ def forcing_problem(model, theta_in: dict, project: bool = False):
 
     def drate(v, x):  # rate'(v) x
         return stencil.diffusion_operator(x, faces, periodic) + rho * (1.0 - 2.0 * v) * x
+
+    return post, theta, grid, dt, shape, faces, periodic, rho, u_ic, rate, drate
+
+
+def forcing_problem(model, theta_in: dict, project: bool = False):
+    """The march with forcing, its tangent and adjoint, and ``Phi`` for the model at ``theta_in`` (origin).
+    ``project``: every step (and ``u^0``) clipped to [0, 1], the tangent and adjoint zero through clipped
+    values (the generalised derivative of the clip)."""
+    post, theta, grid, dt, shape, faces, periodic, rho, u_ic, rate, drate = _pieces(model, theta_in)
 
     @jax.jit
     def march(e, f):
@@ -224,20 +232,7 @@ def growth_problem(model, theta_in: dict):
     tangent (every level) and adjoint (sources at every level) for Gauss-Newton on
 
         Phi(a, g) = w_PDE sum_n |g_n u^{n+1}|^2 + w_IC |u_IC (exp(a) - 1)|^2 + L(u^N)."""
-    post = model.posterior
-    theta = post.params.merge(theta_in)
-    grid = post.grid
-    dt, shape = grid.spacing[0], tuple(grid.shape[1:])
-    faces, rho = post.prior.residual.space_operator(theta, grid)
-    periodic = grid.periodic[1:]
-    rho = jnp.broadcast_to(jnp.asarray(rho, jnp.float64), shape)
-    u_ic = jnp.asarray(model.initial_condition(theta))
-
-    def rate(v):
-        return stencil.diffusion_operator(v, faces, periodic) + rho * v * (1.0 - v)
-
-    def drate(v, x):
-        return stencil.diffusion_operator(x, faces, periodic) + rho * (1.0 - 2.0 * v) * x
+    post, theta, grid, dt, shape, faces, periodic, rho, u_ic, rate, drate = _pieces(model, theta_in)
 
     @jax.jit
     def march(a, g):
