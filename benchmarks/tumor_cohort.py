@@ -385,6 +385,8 @@ def main(argv=None):
     ev.add_argument("--sample", nargs="+", help="CTVSettings.posterior_parameters (default: CTVSettings')")
     ev.add_argument("--fit", nargs="+", help="CTVSettings.map_parameters (default: Dw rho x0 y0 z0)")
     ev.add_argument("--error-correlation", type=float, help="CTVSettings.error_correlation_mm (default: CTVSettings')")
+    ev.add_argument("--seed-dt2", type=float,
+                    help="CTVSettings.seed_dt2, the seed's Dt^2 in mm^2 (default: CTVSettings')")
     ev.add_argument("--thresholds", choices=["marginalised", "fixed"], help="CTVSettings.thresholds (default: "
                     "marginalised where possible)")
     ev.add_argument("--reweight", type=float, nargs="+", metavar="L",
@@ -405,7 +407,7 @@ def main(argv=None):
             patients = list(range(json.load(f)["patients"]))
     over = {k: v for k, v in (("grid", args.grid), ("num_samples", args.samples), ("max_spacing_mm", args.max_spacing),
                               ("error_correlation_mm", args.error_correlation), ("inner", args.inner),
-                              ("thresholds", args.thresholds))
+                              ("thresholds", args.thresholds), ("seed_dt2", args.seed_dt2))
             if v is not None}
     if args.fit:
         over["map_parameters"] = tuple(args.fit)

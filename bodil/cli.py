@@ -63,7 +63,8 @@ def _settings(args):
                               ("inner_iterations", args.inner_iterations), ("inner", args.inner),
                               ("initializer", args.init), ("map_parameters", args.fit),
                               ("posterior_parameters", args.sample), ("dtype", args.dtype),
-                              ("max_spacing_mm", args.max_spacing), ("thresholds", args.thresholds))
+                              ("max_spacing_mm", args.max_spacing), ("thresholds", args.thresholds),
+                              ("seed_dt2", args.seed_dt2))
             if v is not None}
     if args.error_correlation is not None:
         over["error_correlation_mm"] = args.error_correlation or None  # 0: untempered
@@ -281,6 +282,9 @@ def _size_options(p):
     p.add_argument("--samples", type=int, help="posterior samples (default 128; the paper: 512)")
     p.add_argument("--seed", type=int, help="sampler seed (default 0)")
     p.add_argument("--t-final", type=float, help="days from onset to imaging (default 100)")
+    p.add_argument("--seed-dt2", type=float, metavar="MM2",
+                   help="Dt^2 of the initial tumour seed in mm^2 (default 4: a ball of about 5 mm radius; 15 is "
+                        "GliODIL's seed of about 10 mm, the surrogate's)")
     p.add_argument("--inner", choices=["forward", "odil", "surrogate"],
                    help="log p(origin | data) per BASIS evaluation: 'forward' (PDE solved exactly, explicit FK run; "
                         "default), 'odil' (an inner ODIL solve, the finite-lambda mode approximation) or "

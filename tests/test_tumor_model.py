@@ -67,6 +67,34 @@ def test_seed_of_mass_m_is_the_papers_seed_scaled_and_smaller_seeds_grow_less():
     assert fixed.posterior.params.fixed["M"] == 1500.0
 
 
+def test_the_default_seed_is_a_ball_of_about_5_mm_and_the_surrogate_keeps_its_own():
+    """``CTVSettings.seed_dt2``: ``None`` resolves to 4 mm^2 (15, the surrogate's training seed, with
+    ``inner="surrogate"``); the model's seed at ``Dt^2 = 4`` is ``min(1, g)`` with ``g = 1500 (16 pi)^{-3/2}
+    exp(-r^2 / 16)``: height 1 out to ``r = 4 sqrt(ln(1500 / (16 pi)^{3/2})) = 4.8 mm`` and cut where
+    ``g <= 0.1``, ``r = 7.7 mm``."""
+    from bodil.io import InputError
+    from bodil.tumor import CTVSettings
+
+    assert CTVSettings().seed_variance == 4.0
+    assert CTVSettings(inner="surrogate").seed_variance == 15.0
+    assert CTVSettings(seed_dt2=2.5).seed_variance == 2.5
+    with pytest.raises(ValueError, match="trained with the paper's seed"):
+        CTVSettings(inner="surrogate", seed_dt2=4.0)
+    with pytest.raises(InputError, match="seed_dt2"):
+        CTVSettings(seed_dt2=0.0)
+    n, side = 41, 41.0  # 1 mm points, the origin on the middle one
+    wm, gm = np.ones((n,) * 3), np.zeros((n,) * 3)
+    classes = np.zeros((n,) * 3, np.int8)
+    classes[20, 20, 20] = 2
+    model = tumor_model(wm, gm, classes, side, nt=4, dt2=4.0)
+    mid = float(model.grid.coordinates("x")[20])
+    u0 = np.asarray(model.initial_condition({**TRUTH, **dict.fromkeys(ORIGIN, mid)}))
+    r = np.sqrt(sum(np.square(c - mid) for c in model.grid.mesh("x", "y", "z")))[0]  # the time axis: size 1
+    plateau, cut = 4 * np.sqrt(np.log(1500 / (16 * np.pi) ** 1.5)), 4 * np.sqrt(np.log(15000 / (16 * np.pi) ** 1.5))
+    assert np.all(u0[r < plateau - 0.01] == 1.0) and np.all(u0[r > plateau + 0.01] < 1.0)
+    assert np.all(u0[r > cut + 0.01] == 0.0) and np.all(u0[r < cut - 0.01] > 0.1)
+
+
 def test_no_tumour_grows_outside_tissue():
     model, u_final = synthetic(n=12, nt=9)
     outside = (model.wm + model.gm) < 0.1

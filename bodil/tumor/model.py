@@ -14,7 +14,8 @@ The posterior is (eq. 32, with GliODIL's time scaled to ``[0, 1]``)
   (no flux into CSF or background). The factor ``T^2`` makes ``lambda_PDE`` the weight of the residual of
   the equation in the scaled time ``t / T`` that GliODIL uses, so ``lambda_PDE = 1e3`` means what it means in
   the paper whatever ``T`` is;
-* ``u_IC``: the clipped Gaussian seed of eq. 27-28 (``Dt^2 = 15 mm^2``) at ``(x0, y0, z0)`` with mass ``M``:
+* ``u_IC``: the clipped Gaussian seed of eq. 27-28 (``Dt^2 = 15 mm^2`` here, the paper's; the pipeline's default
+  is 4 mm^2, ``CTVSettings.seed_dt2``) at ``(x0, y0, z0)`` with mass ``M``:
   ``min(1, (M / 1500) g)``, ``g`` the paper's seed (``M = 1500``, cut where it is at most 0.1), so that a smaller
   seed keeps the paper's shape at a lower height instead of being cut away. ``M = 1500`` (the paper's) unless
   inferred: a tumour's visible size after ``T`` days depends on its seed as much as on its growth (a seed of

@@ -8,6 +8,7 @@ import math
 
 from .. import _checks
 from ..io import InputError
+from ..residuals.initial import SEED_DT2 as PAPER_SEED_DT2
 from .model import ORIGIN, PARAMETERS
 
 INNER = ("forward", "odil", "surrogate")
@@ -15,6 +16,9 @@ INITIALIZERS = ("forward", "surrogate")
 LIKELIHOODS = ("sigmoid", "interval")
 DTYPES = ("float64", "float32")
 THRESHOLD_TREATMENTS = ("marginalised", "fixed")
+SEED_DT2 = 4.0
+"""The seed's default ``Dt^2`` (mm^2), chosen on the validation cohort (docs/tumor.md): smaller than GliODIL's
+15 mm^2, whose blob of 10 mm radius needed less growth than the cohort's 1.5-5 mm seeds."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +48,10 @@ class CTVSettings:
         likelihood: ``"sigmoid"`` (Amoudruz et al. 2025, eq. 36, smooth: the inner Newton solves converge) or
             ``"interval"`` (eq. 30, the paper's hinge).
         lambda_pde, lambda_ic, sigma: weights of eq. 32 and the likelihood width.
+        seed_dt2: ``Dt^2`` (mm^2) of the initial seed (eq. 27-28: a Gaussian of mass ``M`` and variance
+            ``2 Dt^2``, clipped at 1 and cut at 0.1). ``None``: ``SEED_DT2`` (4 mm^2: a ball of height 1 and
+            about 5 mm radius, chosen on the validation cohort, docs/tumor.md), or GliODIL's 15 mm^2 (a blob of
+            height 0.58 and 10 mm radius) with ``inner="surrogate"``, whose network was trained on that seed.
         error_correlation_mm: the distance ``l`` (mm) over which the errors of the segmentation and of the
             model are correlated. The posterior counts one independent observation per ``l^3`` instead of one
             per voxel: BASIS samples ``p(theta) L(theta)^w`` with ``w = min(1, (h / l)^3)``, ``h`` the box
@@ -114,6 +122,7 @@ class CTVSettings:
     lambda_pde: float = 1e3
     lambda_ic: float = 200.0
     sigma: float = 0.05
+    seed_dt2: float | None = None
     error_correlation_mm: float | None = 25.0
     beta: float = 0.7
     gamma: float = 1.5
@@ -146,6 +155,14 @@ class CTVSettings:
         if self.map_iterations is None:
             return 10 if self.inner == "odil" else 0
         return self.map_iterations
+
+    @property
+    def seed_variance(self) -> float:
+        """``seed_dt2`` resolved (mm^2): ``SEED_DT2``, or the surrogate's training seed with ``inner="surrogate"``
+        when it is ``None``."""
+        if self.seed_dt2 is not None:
+            return float(self.seed_dt2)
+        return float(PAPER_SEED_DT2) if self.inner == "surrogate" else SEED_DT2
 
     @property
     def threshold_treatment(self) -> str:
@@ -201,6 +218,8 @@ class CTVSettings:
             if self.thresholds == "marginalised" and why:
                 raise ValueError(f"{where}: the thresholds cannot be marginalised here: {why}, or "
                                  f"thresholds='fixed'.")
+        if self.seed_dt2 is not None:
+            _checks.positive(where, "seed_dt2", self.seed_dt2)
         for name in ("t_final", "box_scale", "sigma", "beta", "gamma", "inner_ftol"):
             _checks.positive(where, name, getattr(self, name))
         for name in ("lambda_pde", "lambda_ic"):
@@ -221,6 +240,10 @@ class CTVSettings:
             raise ValueError(f"{where}: posterior parameters {self.posterior_parameters} must be among the MAP "
                              f"parameters {self.map_parameters} or the origin {ORIGIN}; fit them too (map_parameters, bodil ctv "
                              f"--fit) or sample fewer.")
+        if self.inner == "surrogate" and self.seed_variance != PAPER_SEED_DT2:
+            raise ValueError(f"{where}: the neural surrogate was trained with the paper's seed (Dt^2 = "
+                             f"{PAPER_SEED_DT2:g} mm^2) and cannot use seed_dt2={self.seed_dt2!r}; leave seed_dt2 "
+                             f"unset (bodil ctv: no --seed-dt2) or use inner='forward'.")
         if "M" in self.map_parameters and "surrogate" in (self.inner, self.initializer):
             raise ValueError(f"{where}: the neural surrogate was trained with the paper's seed (M = 1500) and cannot "
                              f"vary the seed's mass M; drop M from map_parameters (bodil ctv --fit) or use "
