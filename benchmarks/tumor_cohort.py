@@ -111,14 +111,15 @@ def weighted_interval(x: np.ndarray, w: np.ndarray, level: float = 0.9) -> tuple
     return float(x[order][np.searchsorted(c, lo)]), float(x[order][min(np.searchsorted(c, hi), len(x) - 1)])
 
 
-def rescaled_marginal(idata, ratio: float) -> tuple[np.ndarray, np.ndarray]:
+def rescaled_marginal(idata, ratio: float, rule) -> tuple[np.ndarray, np.ndarray]:
     """Per sample, ``log sum_k pi_k L_k^(ratio w)`` and the nodes' masses at that weight, from a run that
-    integrated the thresholds out at weight ``w``: its stored marginal ``m = log sum_k pi_k L_k^w`` and node
-    masses ``p_k = pi_k L_k^w / e^m`` give ``w log L_k = log p_k + m - log pi_k`` (``bodil.tumor.thresholds``)."""
+    integrated the thresholds out at weight ``w`` with the quadrature ``rule`` (``threshold_rule``): its stored
+    marginal ``m = log sum_k pi_k L_k^w`` and node masses ``p_k = pi_k L_k^w / e^m`` give
+    ``w log L_k = log p_k + m - log pi_k`` (``bodil.tumor.thresholds``)."""
     stored = idata.sample_stats["log_likelihood"].values.reshape(-1, 1)
     p = idata.posterior["threshold_weights"].values.astype(float)
     p = p.reshape(-1, p.shape[-1])
-    log_pi = threshold_rule(idata).log_mass
+    log_pi = rule.log_mass
     with np.errstate(divide="ignore"):
         w_log_l = np.log(p) + stored - log_pi
     scaled = log_pi + ratio * w_log_l
@@ -152,17 +153,17 @@ def reweighted_coverage(cohort: str, results: str, patients: list[int], lengths:
         idata = az.from_netcdf(os.path.join(out, "posterior.nc"))
         with open(os.path.join(cohort, f"patient_{i:03d}", "truth.json"), encoding="utf-8") as f:
             truth = json.load(f)
-        runs.append((summary, idata, truth))
+        rule = threshold_rule(idata) if "threshold_weights" in idata.posterior else None
+        runs.append((summary, idata, truth, rule))
     for length in lengths:
         hits, ess = {"origin": [], "Dw": [], "rho": [], "tau_lo": [], "tau_up": []}, []
-        for summary, idata, truth in runs:
+        for summary, idata, truth, rule in runs:
             w = float(idata.attrs["likelihood_weight"])
             w_new = min(1.0, (summary["box"]["spacing_mm"] / length) ** 3)
             stored = idata.sample_stats["log_likelihood"].values.ravel()  # w * log L
             log_r = (w_new / w - 1.0) * stored
-            nodes = None
-            if "threshold_weights" in idata.posterior:  # thresholds integrated out: stored = log sum_k pi_k L_k^w
-                marginal, nodes = rescaled_marginal(idata, w_new / w)
+            if rule is not None:  # thresholds integrated out: stored = log sum_k pi_k L_k^w
+                marginal, nodes = rescaled_marginal(idata, w_new / w, rule)
                 log_r = marginal - stored
             r = np.exp(log_r - log_r.max())
             ess.append(r.sum() ** 2 / (r**2).sum())
@@ -174,10 +175,10 @@ def reweighted_coverage(cohort: str, results: str, patients: list[int], lengths:
                 if name in post:
                     lo, hi = weighted_interval(post[name].values.ravel() * t_model, r)
                     hits[name].append(lo <= true <= hi)
-            if nodes is not None:
+            if rule is not None:
                 from bodil.tumor.thresholds import threshold_summary
 
-                summary_w = threshold_summary(r[:, None] * nodes, threshold_rule(idata))
+                summary_w = threshold_summary(r[:, None] * nodes, rule)
                 for name, true in (("tau_lo", truth["tau_edema"]), ("tau_up", truth["tau_core"])):
                     hits[name].append(summary_w[name]["q05"] <= true <= summary_w[name]["q95"])
         lines.append(f"| {length:g} | " + " | ".join(f"{sum(hits[k])}/{len(hits[k])}" if hits[k] else "-"

@@ -75,9 +75,9 @@ def test_the_default_seed_is_a_ball_of_about_5_mm_and_the_surrogate_keeps_its_ow
     from bodil.io import InputError
     from bodil.tumor import CTVSettings
 
-    assert CTVSettings().seed_variance == 4.0
-    assert CTVSettings(inner="surrogate").seed_variance == 15.0
-    assert CTVSettings(seed_dt2=2.5).seed_variance == 2.5
+    assert CTVSettings().effective_seed_dt2 == 4.0
+    assert CTVSettings(inner="surrogate").effective_seed_dt2 == 15.0
+    assert CTVSettings(seed_dt2=2.5).effective_seed_dt2 == 2.5
     with pytest.raises(ValueError, match="trained with the paper's seed"):
         CTVSettings(inner="surrogate", seed_dt2=4.0)
     with pytest.raises(InputError, match="seed_dt2"):

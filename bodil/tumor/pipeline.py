@@ -191,7 +191,7 @@ def fit_map(seg: Segmentation, anatomy: Anatomy, s: CTVSettings, progress: bool 
     classes_box = np.rint(crop.to_box(seg.classes.astype(float), order=0)).astype(np.int8)
     model = tumor_model(box.wm, box.gm, classes_box, crop.side_mm, nt=s.time_points, t_final=s.t_final,
                         infer=s.map_parameters, likelihood=s.likelihood, lambda_pde=s.lambda_pde,
-                        lambda_ic=s.lambda_ic, sigma=s.sigma, dt2=s.seed_variance)
+                        lambda_ic=s.lambda_ic, sigma=s.sigma, dt2=s.effective_seed_dt2)
 
     sbox = None
     if "surrogate" in (s.inner, s.initializer):

@@ -131,7 +131,7 @@ def summarise(seg, anatomy, s, mf, idata, ctvs: PosteriorCTVs, inner: dict, pati
         "versions": versions(),
         "inputs": inputs,
         "label_convention": seg.convention.name,
-        "settings": {**dataclasses.asdict(s), "seed_dt2": s.seed_variance},  # the value used
+        "settings": {**dataclasses.asdict(s), "seed_dt2": s.effective_seed_dt2},  # the value used
         "box": {"side_mm": crop.side_mm, "spacing_mm": crop.spacing_mm, "affine": np.asarray(crop.affine).tolist()},
         "volumes_cm3": {"core": float(seg.core.sum() * voxel_cm3), "edema": float(seg.edema.sum() * voxel_cm3)},
         "map": {"theta": theta_map, "origin_world_mm": ctvs.map_origin_world.tolist(), **status},
@@ -217,7 +217,7 @@ def report_content(seg, anatomy, s, mf, idata, ctvs: PosteriorCTVs, summary: dic
     run: dict[str, Any] = {
         "grid": f"{mf.crop.n}^3 x {s.time_points} (box side {mf.crop.side_mm:.1f} mm, {mf.crop.spacing_mm:.2f} mm)",
         "samples": s.num_samples, "seed": s.seed, "labels": seg.convention.name, "T (days)": s.t_final,
-        "tumour at t = 0": f"Gaussian seed, Dt^2 = {s.seed_variance:g} mm^2", "likelihood": s.likelihood,
+        "tumour at t = 0": f"Gaussian seed, Dt^2 = {s.effective_seed_dt2:g} mm^2", "likelihood": s.likelihood,
         "MAP": (f"{mf.status['method']}, " + ("converged" if mf.status["converged"] else "NOT converged")
                 + f" ({mf.status['message']})"),
         "likelihood weight": (f"{idata.attrs['likelihood_weight']:.3g} (errors correlated over "

@@ -157,7 +157,7 @@ class CTVSettings:
         return self.map_iterations
 
     @property
-    def seed_variance(self) -> float:
+    def effective_seed_dt2(self) -> float:
         """``seed_dt2`` resolved (mm^2): ``SEED_DT2``, or the surrogate's training seed with ``inner="surrogate"``
         when it is ``None``."""
         if self.seed_dt2 is not None:
@@ -240,7 +240,7 @@ class CTVSettings:
             raise ValueError(f"{where}: posterior parameters {self.posterior_parameters} must be among the MAP "
                              f"parameters {self.map_parameters} or the origin {ORIGIN}; fit them too (map_parameters, bodil ctv "
                              f"--fit) or sample fewer.")
-        if self.inner == "surrogate" and self.seed_variance != PAPER_SEED_DT2:
+        if self.inner == "surrogate" and self.effective_seed_dt2 != PAPER_SEED_DT2:
             raise ValueError(f"{where}: the neural surrogate was trained with the paper's seed (Dt^2 = "
                              f"{PAPER_SEED_DT2:g} mm^2) and cannot use seed_dt2={self.seed_dt2!r}; leave seed_dt2 "
                              f"unset (bodil ctv: no --seed-dt2) or use inner='forward'.")
