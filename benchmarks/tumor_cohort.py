@@ -21,9 +21,14 @@ one row each and a summary block:
 * wall time.
 
 Results are kept per patient (``<results>/patient_XXX/row.json``), so ``evaluate`` resumes too.
+``evaluate --discrepancy-from <calibration runs>`` fits the growth parameters' model discrepancy
+(``bodil.tumor.discrepancy``) on those runs and prints its intervals' coverage and width there (in-sample and
+leave-one-out) and on the runs in ``--results``; its output gives ``GROWTH_DISCREPANCY``.
 
     .venv/bin/python benchmarks/tumor_cohort.py make --out benchmarks/cohort --patients 50
     .venv/bin/python benchmarks/tumor_cohort.py evaluate --cohort benchmarks/cohort --results /tmp/cohort-runs
+    .venv/bin/python benchmarks/tumor_cohort.py evaluate --cohort benchmarks/cohort --results /tmp/report-runs \
+        --patients 25 ... 44 --discrepancy-from /tmp/cohort-runs --calibration-patients 0 ... 19
 """
 
 from __future__ import annotations
@@ -138,11 +143,13 @@ def threshold_rule(idata):
 def reweighted_coverage(cohort: str, results: str, patients: list[int], lengths: list[float]) -> str:
     """Coverage of the origin, ``Dw T`` and ``rho T`` for other error-correlation lengths ``l'``, from runs made
     at a longer ``l`` (a wider posterior): BASIS's final samples reweighted by ``L^(w' - w)``,
-    ``w = min(1, (h / l)^3)``. Valid while the weights' effective sample size stays large (printed)."""
+    ``w = min(1, (h / l)^3)``, with the intervals' median width in decades. Valid while the weights' effective
+    sample size stays large (printed)."""
     import arviz as az
 
-    lines = ["| l' (mm) | origin in 90% | Dw T in 90% | rho T in 90% | tau_lo in 90% | tau_up in 90% | median ESS |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| l' (mm) | origin in 90% | Dw T in 90% | rho T in 90% | tau_lo in 90% | tau_up in 90% | "
+             "Dw T / rho T interval, median decades | median ESS |",
+             "|---|---|---|---|---|---|---|---|"]
     runs = []
     for i in patients:
         out = os.path.join(results, f"patient_{i:03d}", "ctv")
@@ -157,6 +164,7 @@ def reweighted_coverage(cohort: str, results: str, patients: list[int], lengths:
         runs.append((summary, idata, truth, rule))
     for length in lengths:
         hits, ess = {"origin": [], "Dw": [], "rho": [], "tau_lo": [], "tau_up": []}, []
+        decades = {"Dw": [], "rho": []}
         for summary, idata, truth, rule in runs:
             w = float(idata.attrs["likelihood_weight"])
             w_new = min(1.0, (summary["box"]["spacing_mm"] / length) ** 3)
@@ -175,6 +183,7 @@ def reweighted_coverage(cohort: str, results: str, patients: list[int], lengths:
                 if name in post:
                     lo, hi = weighted_interval(post[name].values.ravel() * t_model, r)
                     hits[name].append(lo <= true <= hi)
+                    decades[name].append(np.log10(hi / lo))
             if rule is not None:
                 from bodil.tumor.thresholds import threshold_summary
 
@@ -183,7 +192,71 @@ def reweighted_coverage(cohort: str, results: str, patients: list[int], lengths:
                     hits[name].append(summary_w[name]["q05"] <= true <= summary_w[name]["q95"])
         lines.append(f"| {length:g} | " + " | ".join(f"{sum(hits[k])}/{len(hits[k])}" if hits[k] else "-"
                                                      for k in hits)
+                     + " | " + " / ".join(f"{np.median(decades[k]):.2f}" if decades[k] else "-" for k in decades)
                      + f" | {np.median(ess):.0f} |")
+    return "\n".join(lines)
+
+
+def growth_samples(cohort: str, results: str, patients: list[int]) -> dict:
+    """Per growth parameter (``Dw``, ``rho``), per finished run: the model's samples of ``log(q T)`` (the MAP
+    alone where the run did not sample it) and the truth's ``log(q T)``."""
+    import arviz as az
+
+    out = {"Dw": ([], []), "rho": ([], [])}
+    for i in patients:
+        run = os.path.join(results, f"patient_{i:03d}", "ctv")
+        if not os.path.exists(os.path.join(run, "summary.json")):
+            continue
+        with open(os.path.join(run, "summary.json"), encoding="utf-8") as f:
+            summary = json.load(f)
+        t_model = summary["settings"]["t_final"]
+        with open(os.path.join(cohort, f"patient_{i:03d}", "truth.json"), encoding="utf-8") as f:
+            truth = json.load(f)
+        post = az.from_netcdf(os.path.join(run, "posterior.nc")).posterior
+        for name, key in (("Dw", "dw"), ("rho", "rho")):
+            q = post[name].values.ravel() if name in post else np.array([summary["map"]["theta"][name]])
+            out[name][0].append(np.log(q * t_model))
+            out[name][1].append(float(np.log(truth[key] * truth["t_final"])))
+    return out
+
+
+def discrepancy_table(cohort: str, calibration: str, cal_patients: list[int], results: str,
+                      patients: list[int]) -> str:
+    """The growth parameters' model discrepancy (``bodil.tumor.discrepancy``) fitted on the runs in
+    ``calibration`` and its 90% intervals' coverage and width on those runs (in-sample and leave-one-out) and on
+    the runs in ``results`` (the report set)."""
+    from bodil.tumor.discrepancy import fit_discrepancy, patient_quantiles
+
+    cal, rep = growth_samples(cohort, calibration, cal_patients), growth_samples(cohort, results, patients)
+
+    def cover(samples, truths, d):
+        hits, widths = [], []
+        for x, t in zip(samples, truths):
+            lo, _, hi = patient_quantiles(x, d)
+            hits.append(lo <= t <= hi)
+            widths.append((hi - lo) / np.log(10))
+        return f"{sum(hits)}/{len(hits)} ({np.median(widths):.2f})"
+
+    lines = ["| parameter | mu (decades) | sigma (decades) | model alone, calibration | calibration | "
+             "leave-one-out | report set | model alone, report set |", "|---|---|---|---|---|---|---|---|"]
+    for name in ("Dw", "rho"):
+        xs, ts = cal[name]
+        if len(xs) < 2:
+            continue
+        d = fit_discrepancy(xs, ts)
+        loo = []
+        for k in range(len(xs)):
+            dk = fit_discrepancy(xs[:k] + xs[k + 1:], ts[:k] + ts[k + 1:])
+            lo, _, hi = patient_quantiles(xs[k], dk)
+            loo.append((lo <= ts[k] <= hi, (hi - lo) / np.log(10)))
+        alone = type(d)(0.0, 1e-9)
+        rx, rt = rep[name]
+        lines.append(f"| {name} T | {d.mu / np.log(10):+.3f} | {d.sigma / np.log(10):.3f} | {cover(xs, ts, alone)} | "
+                     f"{cover(xs, ts, d)} | {sum(h for h, _ in loo)}/{len(loo)} "
+                     f"({np.median([w for _, w in loo]):.2f}) | "
+                     + (f"{cover(rx, rt, d)} | {cover(rx, rt, alone)} |" if rx else "- | - |"))
+    lines.append("\n(truths in the 90% interval, with the intervals' median width in decades; \"model alone\": "
+                 "the samples' own quantiles, no discrepancy)")
     return "\n".join(lines)
 
 
@@ -255,9 +328,7 @@ def evaluate_one(cohort: str, i: int, results: str, settings: CTVSettings) -> di
            "map_converged": bool(s["map"]["converged"]), "wall_s": wall, "box_spacing_mm": s["box"]["spacing_mm"]}
     for name, true in (("Dw", truth["dw"] * truth["t_final"]), ("rho", truth["rho"] * truth["t_final"])):
         row[f"{name}T_err"] = theta[name] * t_model / true - 1.0
-        if name in post:
-            q = np.quantile(post[name].values.ravel() * t_model, [0.05, 0.95])
-            row[f"{name}T_in_90"] = bool(q[0] <= true <= q[1])
+    row.update(growth_intervals(post, truth, t_model))
     integrated = s["posterior"].get("thresholds", {})
     for name, true in (("ratio", truth["ratio"]), ("tau_lo", truth["tau_edema"]), ("tau_up", truth["tau_core"])):
         if name in post:
@@ -271,6 +342,19 @@ def evaluate_one(cohort: str, i: int, results: str, settings: CTVSettings) -> di
     row["cover"] = coverage(out, truth, anatomy, seg, conc, settings.margins_mm)
     row["min_map_concentration"] = float(load_nifti(os.path.join(out, "map_concentration.nii.gz"), what="u").data.min())
     return row
+
+
+def growth_intervals(post, truth: dict, t_model: float) -> dict:
+    """For ``Dw T`` and ``rho T`` where sampled: whether the 90% interval holds the truth (``*_in_90``) and its
+    width in decades, ``log10(q95 / q05)`` (``*_decades``; the priors span 4 and 3 decades): coverage bought with
+    an interval as wide as the prior says nothing."""
+    out = {}
+    for name, true in (("Dw", truth["dw"] * truth["t_final"]), ("rho", truth["rho"] * truth["t_final"])):
+        if name in post:
+            q = np.quantile(post[name].values.ravel() * t_model, [0.05, 0.95])
+            out[f"{name}T_in_90"] = bool(q[0] <= true <= q[1])
+            out[f"{name}T_decades"] = float(np.log10(q[1] / q[0]))
+    return out
 
 
 def coverage(out: str, truth: dict, anatomy, seg, conc, margins_mm) -> dict:
@@ -288,7 +372,10 @@ def coverage(out: str, truth: dict, anatomy, seg, conc, margins_mm) -> dict:
 
 
 def rescore(cohort: str, results: str, patients: list[int], margins_mm) -> None:
-    """Recompute the coverage of finished rows from their output files (after a change of the measure)."""
+    """Recompute the coverage and the growth parameters' intervals of finished rows from their output files
+    (after a change of the measure)."""
+    import arviz as az
+
     for i in patients:
         path = os.path.join(results, f"patient_{i:03d}", "row.json")
         if not os.path.exists(path):
@@ -297,8 +384,11 @@ def rescore(cohort: str, results: str, patients: list[int], margins_mm) -> None:
         seg = load_segmentation(os.path.join(folder, "seg.nii.gz"), truth["labels"])
         with open(path, encoding="utf-8") as f:
             row = json.load(f)
-        row["cover"] = coverage(os.path.join(results, f"patient_{i:03d}", "ctv"), truth, anatomy, seg, conc,
-                                margins_mm)
+        out = os.path.join(results, f"patient_{i:03d}", "ctv")
+        row["cover"] = coverage(out, truth, anatomy, seg, conc, margins_mm)
+        with open(os.path.join(out, "summary.json"), encoding="utf-8") as f:
+            t_model = json.load(f)["settings"]["t_final"]
+        row.update(growth_intervals(az.from_netcdf(os.path.join(out, "posterior.nc")).posterior, truth, t_model))
         write_json(path, row)
 
 
@@ -354,7 +444,10 @@ def table(rows: list[dict]) -> str:
     for key in ("DwT_in_90", "rhoT_in_90", "ratio_in_90", "tau_lo_in_90", "tau_up_in_90"):
         have = [r[key] for r in rows if key in r]
         if have:
-            lines.append(f"- truth of {key[:-6]} in its 90% interval: {sum(have)}/{len(have)}")
+            width = [r[key[:-6] + "_decades"] for r in rows if key[:-6] + "_decades" in r]
+            wide = (f" (interval width median {np.median(width):.2f} decades, range {min(width):.2f}-{max(width):.2f})"
+                    if width else "")
+            lines.append(f"- truth of {key[:-6]} in its 90% interval: {sum(have)}/{len(have)}{wide}")
     for m in margins:
         ens = sum(r["cover"][m][2] >= r["cover"][m][0] for r in rows)
         mp = sum(r["cover"][m][1] >= r["cover"][m][0] for r in rows)
@@ -393,6 +486,11 @@ def main(argv=None):
     ev.add_argument("--reweight", type=float, nargs="+", metavar="L",
                     help="print the coverage at these error-correlation lengths (mm) by reweighting finished runs "
                          "made at a longer one, and stop")
+    ev.add_argument("--discrepancy-from", metavar="RESULTS",
+                    help="fit the growth parameters' model discrepancy on the runs in this folder (patients "
+                         "--calibration-patients), print its coverage there and on --results, and stop")
+    ev.add_argument("--calibration-patients", type=int, nargs="+", default=list(range(20)),
+                    help="patients of --discrepancy-from (default: 0-19)")
     ev.add_argument("--rescore", action="store_true",
                     help="recompute the coverage of the finished rows from their files, then print the table")
     args = ap.parse_args(argv)
@@ -420,6 +518,10 @@ def main(argv=None):
         return
     if args.reweight:
         print(reweighted_coverage(args.cohort, args.results, patients, args.reweight))
+        return
+    if args.discrepancy_from:
+        print(discrepancy_table(args.cohort, args.discrepancy_from, args.calibration_patients, args.results,
+                                patients))
         return
     if args.rescore:
         rescore(args.cohort, args.results, patients, settings.margins_mm)

@@ -204,3 +204,19 @@ def test_report_states_which_parameters_were_fixed_fitted_and_sampled():
     assert "Sampled in the posterior (their uncertainty is in the CTV ensemble): the initial position." in text
     sampled = " ".join(run_assumptions({}, ("Dw", "x0"), ("Dw", "x0")))
     assert "Fixed" not in sampled and "held at" not in sampled
+
+
+def test_report_says_whether_the_growth_rates_include_the_model_error():
+    """Default settings: the sentence on the calibrated model error, with the factor from the fitted rho T shift;
+    other settings: that the error is not included, and why."""
+    from bodil.tumor import CTVSettings
+    from bodil.tumor.discrepancy import GROWTH_DISCREPANCY, growth_with_model_error
+    from bodil.tumor.report_content import run_assumptions
+
+    theta = {"Dw": 0.3, "rho": 0.05}
+    text = " ".join(run_assumptions({}, ("Dw", "rho"), ("x0",), None, growth_with_model_error(CTVSettings(), theta)))
+    assert "model error incl." in text and "the CTVs do not use them" in text
+    assert f"low by a factor {np.exp(GROWTH_DISCREPANCY['rho'].mu):.2g}" in text
+    other = " ".join(run_assumptions({}, ("Dw", "rho"), ("x0",), None,
+                                     growth_with_model_error(CTVSettings(grid=16), theta)))
+    assert "its own error is not included" in other and "grid=16" in other and "model error incl." not in other

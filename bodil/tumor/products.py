@@ -16,6 +16,7 @@ import numpy as np
 
 from ..io import save_nifti
 from ..progress import ProgressMeter, as_meter
+from .discrepancy import growth_with_model_error
 from .ensemble import CTVEnsemble, ctv_ensemble
 from .model import ORIGIN, UNITS, threshold_priors
 from .report import ReportContent
@@ -143,6 +144,8 @@ def summarise(seg, anatomy, s, mf, idata, ctvs: PosteriorCTVs, inner: dict, pati
             "likelihood_weight": float(idata.attrs["likelihood_weight"]),
             "log_evidence": float(idata.attrs.get("log_evidence", np.nan)),  # of the tempered likelihood
             "thresholds": threshold_posterior(s, idata),
+            "growth_with_model_error": growth_with_model_error(
+                s, theta_map, {n: idata.posterior[n].values.ravel() for n in ("Dw", "rho") if n in idata.posterior}),
             "inner_solves": inner,
         },
         "ctv": ctvs.ensemble.table(),
@@ -227,13 +230,24 @@ def report_content(seg, anatomy, s, mf, idata, ctvs: PosteriorCTVs, summary: dic
     origin_truth = None
     if truth and "origin_world" in truth:
         origin_truth = np.asarray(truth["origin_world"], float)
+    growth = summary["posterior"]["growth_with_model_error"]
+    parameters = _parameter_rows(mf.model, mf.theta, ctvs, _report_intervals(summary)) + _growth_rows(growth)
     return ReportContent.from_ensemble(
         ctvs.ensemble, patient_id=patient_id, run=run, tissue=anatomy.tissue, classes=seg.classes,
-        affine=seg.affine, origin_samples=ctvs.origin_world, parameters=_parameter_rows(mf.model, mf.theta, ctvs,
-                                                                               _report_intervals(summary)),
+        affine=seg.affine, origin_samples=ctvs.origin_world, parameters=parameters,
         notes=summary["notes"], origin_truth=origin_truth, origin_map=ctvs.map_origin_world,
         assumptions=run_assumptions(mf.model.posterior.params.fixed, s.map_parameters, s.posterior_parameters,
-                                    summary["posterior"]["thresholds"]))
+                                    summary["posterior"]["thresholds"], growth))
+
+
+def _growth_rows(growth: dict) -> list[dict]:
+    """Report rows of ``Dw T`` and ``rho T`` with the model's error included (``growth_with_model_error``):
+    MAP, mean and the 90% interval."""
+    if not growth["applied"]:
+        return []
+    return [{"name": f"{name} T, model error incl.", "unit": growth[f"{name}_T"]["unit"],
+             "map": growth[f"{name}_T"]["map"], "mean": growth[f"{name}_T"]["mean"],
+             "q05": growth[f"{name}_T"]["lower"], "q95": growth[f"{name}_T"]["upper"]} for name in ("Dw", "rho")]
 
 
 def _report_intervals(summary: dict) -> dict:

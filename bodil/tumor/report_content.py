@@ -67,10 +67,12 @@ _WORDS = {"Dw": "the white-matter diffusivity Dw", "rho": "the proliferation rat
           "ratio": "the diffusivity ratio Dw/Dg", "tau_lo": "the edema threshold", "tau_up": "the core threshold"}
 
 
-def run_assumptions(fixed: dict, fitted, sampled, thresholds: dict | None = None) -> tuple[str, ...]:
+def run_assumptions(fixed: dict, fitted, sampled, thresholds: dict | None = None,
+                    growth: dict | None = None) -> tuple[str, ...]:
     """``ASSUMPTIONS`` plus, in plain words, which parameters this run fixed (with their values), fitted at the
     MAP only, sampled in the posterior (their uncertainty is in the CTV ensemble) and integrated out
-    (``thresholds``: the summary's ``posterior.thresholds``)."""
+    (``thresholds``: the summary's ``posterior.thresholds``), and how ``Dw T`` and ``rho T`` were given with the
+    model's error (``growth``: the summary's ``posterior.growth_with_model_error``)."""
     origin = ("x0", "y0", "z0")
 
     def words(names):
@@ -98,6 +100,15 @@ def run_assumptions(fixed: dict, fitted, sampled, thresholds: dict | None = None
         fit_at = [f"{_WORDS[n]} = {fixed[n]:g}" for n in integrated_names if n in fixed]
         lines.append(f"Integrated over their prior in the posterior (not fixed at one guess): {ranges}"
                      + (f"; the best fit (MAP) holds {', '.join(fit_at)}." if fit_at else "."))
+    if growth is not None and growth.get("applied"):
+        lines.append(f"Dw T and rho T (\"model error incl.\"): the model's values shifted and widened by the "
+                     f"model's error, a random factor (Kennedy and O'Hagan, Bayesian calibration of computer models, "
+                     f"2001) measured on {growth['calibration']}, where the model's rho T was low by a factor "
+                     f"{np.exp(growth['rho_T']['mu']):.2g}; {growth['validation']}. They describe the growth rates "
+                     f"only; the CTVs do not use them.")
+    elif growth is not None:
+        lines.append("Dw and rho are the model's values; its own error is not included, because it was measured "
+                     "at other settings (" + growth["why"] + ").")
     return tuple(lines)
 
 

@@ -43,8 +43,10 @@ class CTVSettings:
         map_parameters: parameters fitted by the MAP; the others stay at their fixed values
             (``ratio = Dw / Dg = 10``, ``tau_lo = 0.25``, ``tau_up = 0.675``).
         posterior_parameters: parameters sampled by BASIS (the rest fixed at the MAP); among the MAP
-            parameters and the origin. Default: the origin (sampling ``Dw`` and ``rho`` too covers their truth
-            but made the ensemble CTV worse on the validation cohort, docs/tumor.md).
+            parameters and the origin. Default: the origin. Sampling ``Dw`` and ``rho`` too made the ensemble
+            CTV worse on the validation cohort, and their intervals covered the truth only where they were nearly
+            as wide as the prior (docs/tumor.md); the summary and report give ``Dw T`` and ``rho T`` with the
+            model's error calibrated on that cohort instead (``bodil.tumor.discrepancy``).
         likelihood: ``"sigmoid"`` (Amoudruz et al. 2025, eq. 36, smooth: the inner Newton solves converge) or
             ``"interval"`` (eq. 30, the paper's hinge).
         lambda_pde, lambda_ic, sigma: weights of eq. 32 and the likelihood width.
