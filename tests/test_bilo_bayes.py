@@ -106,3 +106,38 @@ def test_unreachable_lower_tolerance_is_flagged(case, net, sampler):
     assert idata.attrs["lower_unconverged"] == idata.attrs["lower_solves"] == 6
     assert not bool(ss.lower_ok.any()) and np.all(ss.lower_unconverged.values == 1)
     assert float(ss.lower_loss.min()) > 1e-12 and np.all(ss.lower_steps.values == 2)
+
+
+def test_anchor_solves_make_log_pi_a_function_of_theta(case, net, sampler):
+    """``lower_start="anchor"``: log pi at a position does not depend on the chain's path (the same number from
+    other current weights); the authors' warm start does (it continues from the current weights)."""
+    from bodil.bilo.network import split
+
+    step = jax.jit(sampler.step)
+    W = split(net)[0]
+    kp = bayes.KernelParams(jnp.asarray(0.05), jnp.ones(2), jnp.asarray(3), jnp.asarray(5e-3), jnp.asarray(50), W,
+                            jnp.asarray(True))
+    s0 = sampler.init(W, case.truth, kp._replace(lower_steps=jnp.asarray(4000)), CHUNK)
+    kp = kp._replace(anchor=s0.params)
+    sa, info_a = step(jax.random.key(1), s0, kp)
+    for k in range(2, 12):  # the first accepted move away from a (fixed keys)
+        sb, info_b = step(jax.random.key(k), sa, kp)
+        if bool(info_b.is_accepted):
+            break
+    assert bool(info_a.is_accepted) and bool(info_b.is_accepted)
+    assert not np.allclose(sa.position, sb.position)
+
+    def same(u, v):
+        return all(np.array_equal(a, b) for a, b in zip(jax.tree_util.tree_leaves(u), jax.tree_util.tree_leaves(v)))
+
+    # evaluate at one state's position from the other's weights, chosen off the anchor (a solve that took steps)
+    src, dst = (sa, sb) if not same(sa.params, kp.anchor) else (sb, sa)
+    assert not same(src.params, kp.anchor)
+
+    def log_pi(restart):  # a zero-size step from ``src`` moved to dst's position: always accepted
+        probe = src._replace(position=dst.position, logdensity=jnp.asarray(-jnp.inf))
+        return float(step(jax.random.key(3), probe, kp._replace(step_size=jnp.asarray(0.0), num_steps=jnp.asarray(1),
+                                                                 restart=jnp.asarray(restart)))[0].logdensity)
+
+    np.testing.assert_allclose(log_pi(True), float(dst.logdensity), rtol=1e-12)
+    assert log_pi(False) != pytest.approx(float(dst.logdensity), rel=1e-9)

@@ -18,7 +18,12 @@ included), Adam steps on ``L_LO = L_res + w_rgrad L_rgrad`` (Part I, eq. 6) move
 previous position (warm start, moments carried) until ``L_LO <= lower_tol`` or ``lower_steps`` steps. Missed
 tolerances are counted per draw and warned about. A rejected proposal leaves ``(x, W)`` as they were. As
 ``lower_tol -> 0`` the chain targets the posterior of the converged local operator; at a finite tolerance
-``log pi`` depends on the path of ``W`` (Part II's static error).
+``log pi`` depends on the path of ``W`` (Part II's static error), so the chain's target moves as it goes.
+With ``lower_start="anchor"`` every solve starts instead from the anchor ``W_a`` (the solution at the starting
+point) with a fresh Adam state: ``W*(x)``, and with it ``log pi(x)`` and its gradient, are then functions of ``x``
+alone, and the chain is an exact Metropolis-Hastings chain for that fixed surrogate posterior (the leapfrog map
+with any position-dependent force is reversible and volume-preserving, Neal 2011, sec. 3.1); the price is more
+Adam steps away from the anchor.
 
 Kernels: HMC with momentum ``r ~ N(0, M)``, ``num_steps`` leapfrog steps of size ``eps`` and diagonal ``M^{-1}``,
 accepted with probability ``min(1, exp(H - H'))``, ``H = -log pi + r M^{-1} r / 2``; MALA,
@@ -56,6 +61,7 @@ from .cases import interpolate_x, solve_fisher_kpp
 from .network import LocalOperatorNet, split
 
 KERNELS = ("hmc", "mala")
+LOWER_STARTS = ("warm", "anchor")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,6 +78,9 @@ class BayesBiLOSettings:
         inverse_mass: diagonal ``M^{-1}`` (one positive number per parameter), or ``None`` for ones.
         lower_tol: the lower-level tolerance on ``L_LO``.
         lower_steps: the most Adam steps of one lower-level solve.
+        lower_start: where each solve starts: ``"warm"``, the previous position's weights and Adam moments (the
+            authors'), or ``"anchor"``, the starting point's solution with a fresh Adam state (a target that does
+            not depend on the chain's path; module docstring).
         init_steps: the most Adam steps of the first solve, at the starting point.
         chunk: draws per compiled chunk (progress is shown between chunks).
     """
@@ -86,12 +95,14 @@ class BayesBiLOSettings:
     inverse_mass: tuple | None = None
     lower_tol: float = 1e-4
     lower_steps: int = 100
+    lower_start: str = "warm"
     init_steps: int = 5000
     chunk: int = 50
 
     def __post_init__(self):
         where = "BayesBiLOSettings"
         _checks.choice(where, "kernel", self.kernel, KERNELS)
+        _checks.choice(where, "lower_start", self.lower_start, LOWER_STARTS)
         values = {k: _checks.integer(where, k, getattr(self, k), low)
                   for k, low in (("num_samples", 1), ("num_warmup", 0), ("num_steps", 1), ("lower_steps", 0),
                                  ("init_steps", 0), ("chunk", 1))}
@@ -127,6 +138,8 @@ class KernelParams(NamedTuple):
     num_steps: jax.Array
     lower_tol: jax.Array
     lower_steps: jax.Array
+    anchor: Any  # the weights an "anchor" solve starts from
+    restart: jax.Array  # True: every solve starts from ``anchor`` with a fresh Adam state
 
 
 class BayesState(NamedTuple):
@@ -228,6 +241,8 @@ def bayesian_bilo(problem: L.PointwiseProblem, net: LocalOperatorNet, params, si
         return -n_data * dat / (2 * sigma**2) + params.log_prob(theta) + params.log_abs_det_jacobian(z)
 
     def evaluate(x, W, opt, kp: KernelParams):
+        W, opt = jax.tree_util.tree_map(lambda a, b: jnp.where(kp.restart, a, b), (kp.anchor, adam.init(kp.anchor)),
+                                        (W, opt))
         W, opt, k, loss = lower(W, opt, problem.scaled(constrain(x)), kp.lower_tol, kp.lower_steps)
         lp, g = jax.value_and_grad(upper)(x, W)
         lp, g = lp.astype(dtype), g.astype(dtype)  # priors in float64 with a float32 network
@@ -245,7 +260,8 @@ def bayesian_bilo(problem: L.PointwiseProblem, net: LocalOperatorNet, params, si
         # lower level at x and is always accepted (no second compilation of the solve).
         raw = BayesState(x, jnp.asarray(-jnp.inf, dtype), jnp.zeros_like(x), W, adam.init(W),
                          jnp.asarray(jnp.inf, dtype), jnp.asarray(False))
-        kp0 = kp._replace(step_size=jnp.zeros_like(kp.step_size), num_steps=jnp.ones_like(kp.num_steps))
+        kp0 = kp._replace(step_size=jnp.zeros_like(kp.step_size), num_steps=jnp.ones_like(kp.num_steps),
+                          anchor=W, restart=jnp.asarray(False))
         da = _dual_averaging(0.5)[0](jnp.asarray(1.0, dtype))
         keys = jax.random.split(jax.random.key(0), chunk)
         return run(raw, kp0, da, keys, 1, False, jnp.asarray(0.5, dtype))[0][0]
@@ -342,9 +358,11 @@ def sample(sampler: BayesianBiLO, init, settings: BayesBiLOSettings | None = Non
     if inv_mass.shape != (n_par,):
         raise ValueError(f"bayes.sample: inverse_mass has {inv_mass.size} entries for {n_par} parameters.")
     kp = KernelParams(jnp.asarray(s.step_size, dtype), jnp.asarray(inv_mass, dtype), jnp.asarray(s.steps),
-                      jnp.asarray(s.lower_tol, dtype), jnp.asarray(s.lower_steps))
+                      jnp.asarray(s.lower_tol, dtype), jnp.asarray(s.lower_steps), W,
+                      jnp.asarray(s.lower_start == "anchor"))
     t0 = time.perf_counter()
     state = sampler.init(W, theta, kp._replace(lower_steps=jnp.asarray(s.init_steps)), s.chunk)
+    kp = kp._replace(anchor=state.params)  # the solution at the start: where "anchor" solves begin
     if not np.isfinite(float(state.logdensity)):
         raise ValueError(f"bayes.sample: log pi is not finite at the start theta = {theta} (lower-level loss "
                          f"{float(state.lower_loss):.3g}); start inside the prior's support from a trained network.")
