@@ -146,23 +146,11 @@ def reweighted_coverage(cohort: str, results: str, patients: list[int], lengths:
     at a longer ``l`` (a wider posterior): BASIS's final samples reweighted by ``L^(w' - w)``,
     ``w = min(1, (h / l)^3)``, with the intervals' median width in decades. Valid while the weights' effective
     sample size stays large (printed)."""
-    import arviz as az
-
     lines = ["| l' (mm) | origin in 90% | Dw T in 90% | rho T in 90% | tau_lo in 90% | tau_up in 90% | "
              "Dw T / rho T interval, median decades | median ESS |",
              "|---|---|---|---|---|---|---|---|"]
-    runs = []
-    for i in patients:
-        out = os.path.join(results, f"patient_{i:03d}", "ctv")
-        if not os.path.exists(os.path.join(out, "summary.json")):
-            continue
-        with open(os.path.join(out, "summary.json"), encoding="utf-8") as f:
-            summary = json.load(f)
-        idata = az.from_netcdf(os.path.join(out, "posterior.nc"))
-        with open(os.path.join(cohort, f"patient_{i:03d}", "truth.json"), encoding="utf-8") as f:
-            truth = json.load(f)
-        rule = threshold_rule(idata) if "threshold_weights" in idata.posterior else None
-        runs.append((summary, idata, truth, rule))
+    runs = [(summary, idata, truth, threshold_rule(idata) if "threshold_weights" in idata.posterior else None)
+            for _, summary, idata, truth in finished_runs(cohort, results, patients)]
     for length in lengths:
         hits, ess = {"origin": [], "Dw": [], "rho": [], "tau_lo": [], "tau_up": []}, []
         decades = {"Dw": [], "rho": []}
@@ -198,22 +186,27 @@ def reweighted_coverage(cohort: str, results: str, patients: list[int], lengths:
     return "\n".join(lines)
 
 
+def finished_runs(cohort: str, results: str, patients: list[int]):
+    """``(i, summary, idata, truth)`` of each patient whose run in ``results`` finished."""
+    import arviz as az
+
+    for i in patients:
+        out = os.path.join(results, f"patient_{i:03d}", "ctv")
+        if not os.path.exists(os.path.join(out, "summary.json")):
+            continue
+        with open(os.path.join(out, "summary.json"), encoding="utf-8") as f:
+            summary = json.load(f)
+        with open(os.path.join(cohort, f"patient_{i:03d}", "truth.json"), encoding="utf-8") as f:
+            truth = json.load(f)
+        yield i, summary, az.from_netcdf(os.path.join(out, "posterior.nc")), truth
+
+
 def growth_samples(cohort: str, results: str, patients: list[int]) -> dict:
     """Per growth parameter (``Dw``, ``rho``), per finished run: the model's samples of ``log(q T)`` (the MAP
     alone where the run did not sample it) and the truth's ``log(q T)``."""
-    import arviz as az
-
     out = {"Dw": ([], []), "rho": ([], [])}
-    for i in patients:
-        run = os.path.join(results, f"patient_{i:03d}", "ctv")
-        if not os.path.exists(os.path.join(run, "summary.json")):
-            continue
-        with open(os.path.join(run, "summary.json"), encoding="utf-8") as f:
-            summary = json.load(f)
-        t_model = summary["settings"]["t_final"]
-        with open(os.path.join(cohort, f"patient_{i:03d}", "truth.json"), encoding="utf-8") as f:
-            truth = json.load(f)
-        post = az.from_netcdf(os.path.join(run, "posterior.nc")).posterior
+    for _, summary, idata, truth in finished_runs(cohort, results, patients):
+        post, t_model = idata.posterior, summary["settings"]["t_final"]
         for name, key in (("Dw", "dw"), ("rho", "rho")):
             q = post[name].values.ravel() if name in post else np.array([summary["map"]["theta"][name]])
             out[name][0].append(np.log(q * t_model))
