@@ -126,18 +126,19 @@ def calibration_mismatch(settings) -> list[str]:
 
 def growth_with_model_error(settings, theta_map: dict, samples: dict | None = None, level: float = 0.9) -> dict:
     """``Dw T`` and ``rho T`` of the patient with the model's error included (module docstring): the mean, the
-    median and the central ``level`` interval of the mixture over the model's samples (``samples[name]``, model units; the
-    MAP where a parameter was not sampled), with ``GROWTH_DISCREPANCY``. Returns ``{"applied": False, "why": ...}``
-    when ``settings`` differ from those it was fitted with (``calibration_mismatch``)."""
+    median and the central ``level`` interval of the mixture over the model's samples (``samples[name]``, model
+    units; the MAP where a parameter was not sampled), with ``GROWTH_DISCREPANCY``. Returns
+    ``{"applied": False, "why": ...}`` when ``settings`` differ from those it was fitted with
+    (``calibration_mismatch``)."""
     mismatch = calibration_mismatch(settings)
     if mismatch:
         return {"applied": False, "why": "; ".join(mismatch)}
     out = {"applied": True, "level": level, "calibration": CALIBRATION, "validation": VALIDATION}
     probs = ((1 - level) / 2, 0.5, (1 + level) / 2)
     for name, unit in (("Dw", "mm^2"), ("rho", "")):
-        q = np.asarray((samples or {}).get(name, [theta_map[name]]), dtype=float) * settings.t_final
-        lo, mid, hi = np.exp(patient_quantiles(np.log(q), GROWTH_DISCREPANCY[name], probs))
         d = GROWTH_DISCREPANCY[name]
+        q = np.asarray((samples or {}).get(name, [theta_map[name]]), dtype=float) * settings.t_final
+        lo, mid, hi = np.exp(patient_quantiles(np.log(q), d, probs))
         mean = float(q.mean() * np.exp(d.mu + d.sigma**2 / 2))  # of the log-normal mixture
         out[f"{name}_T"] = {"unit": unit, "map": float(theta_map[name] * settings.t_final), "mean": mean,
                             "q50": float(mid), "lower": float(lo), "upper": float(hi), "mu": d.mu, "sigma": d.sigma}

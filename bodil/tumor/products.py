@@ -245,9 +245,12 @@ def _growth_rows(growth: dict) -> list[dict]:
     MAP, mean and the 90% interval."""
     if not growth["applied"]:
         return []
-    return [{"name": f"{name} T, model error incl.", "unit": growth[f"{name}_T"]["unit"],
-             "map": growth[f"{name}_T"]["map"], "mean": growth[f"{name}_T"]["mean"],
-             "q05": growth[f"{name}_T"]["lower"], "q95": growth[f"{name}_T"]["upper"]} for name in ("Dw", "rho")]
+    rows = []
+    for name in ("Dw", "rho"):
+        g = growth[f"{name}_T"]
+        rows.append({"name": f"{name} T, model error incl.", "unit": g["unit"], "map": g["map"], "mean": g["mean"],
+                     "q05": g["lower"], "q95": g["upper"]})
+    return rows
 
 
 def _report_intervals(summary: dict) -> dict:
