@@ -35,15 +35,13 @@ import jax
 jax.config.update("jax_enable_x64", True)
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-from jax.flatten_util import ravel_pytree  # noqa: E402
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from tumor_inner import build_model, make_patient, truth_theta  # noqa: E402
+from tumor_inner import field_problem_at_truth  # noqa: E402
 
 from bodil.optimize import Objective  # noqa: E402
 from bodil.optimize.cg import truncated_cg  # noqa: E402
 from bodil.optimize.preconditioner import time_marching_preconditioner  # noqa: E402
-from bodil.tumor import CTVSettings, mni152  # noqa: E402
 
 
 def make_step(obj: Objective, held_above: float, cg_maxiter: int, eta_max: float = 0.1):
@@ -170,15 +168,7 @@ def main(argv=None):
                          "1 / Sigma")
     args = ap.parse_args(argv)
 
-    settings = CTVSettings()
-    anatomy = mni152(2.0)
-    patient, seg = make_patient(anatomy)
-    crop, model = build_model(seg, anatomy, settings, args.n, args.nt, ("Dw", "rho", "x0", "y0", "z0"), {})
-    theta = truth_theta(patient, crop, model)
-    fixed = model.with_fixed(model.posterior.params.merge(theta), infer=())
-    u_cn = model.discrete_forward(theta, dtype=jnp.float64)
-    obj = Objective(fixed.posterior, jnp.asarray(u_cn), {})
-    x0 = ravel_pytree(fixed.posterior.unconstrain(jnp.asarray(u_cn), {}))[0]
+    _, obj, x0 = field_problem_at_truth(args.n, args.nt)
     n = x0.size
     f0 = float(obj.value(jnp.clip(x0, 0, 1)))
     # the PDE and IC curvature's diagonal at an interior point (the preconditioner's domain)

@@ -107,6 +107,19 @@ def truth_theta(patient, crop, model) -> dict:
     return out
 
 
+def field_problem_at_truth(n: int, nt: int):
+    """The inner problem (theta fixed at the default synthetic patient's truth) on an ``n^3 x nt`` box:
+    ``(settings, objective, flat start)``, the start being the Crank-Nicolson march of the model's residual."""
+    settings = CTVSettings()
+    anatomy = mni152(2.0)
+    patient, seg = make_patient(anatomy)
+    crop, model = build_model(seg, anatomy, settings, n, nt, ("Dw", "rho", "x0", "y0", "z0"), {})
+    theta = truth_theta(patient, crop, model)
+    fixed = model.with_fixed(model.posterior.params.merge(theta), infer=())
+    u_cn = jnp.asarray(model.discrete_forward(theta, dtype=jnp.float64))
+    return settings, Objective(fixed.posterior, u_cn, {}), ravel_pytree(fixed.posterior.unconstrain(u_cn, {}))[0]
+
+
 def draw_thetas(params, count: int, seed: int) -> list[dict]:
     """``count`` draws from the prior of the inferred parameters."""
     keys = jax.random.split(jax.random.PRNGKey(seed), count)

@@ -1,11 +1,12 @@
 """The visibility thresholds integrated out of the tumour posterior (bodil.tumor.thresholds): the product rule
 against closed forms, the binned likelihood against the voxelwise one within its stated bound, the marginal
-against brute-force integration, the threshold posterior's quantiles, and the settings that refuse it."""
+against adaptive integration (QUADPACK), the threshold posterior's quantiles, and the settings that refuse it."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from scipy import integrate
 
 from bodil.io import InputError
 from bodil.likelihood import ThreeClassSigmoid
@@ -59,19 +60,34 @@ def test_binned_likelihood_is_within_its_bound_of_the_voxelwise_one():
     np.testing.assert_allclose(binned, jax.jit(node_log_likelihoods(lik, quad))(centred, {}), rtol=1e-12)
 
 
-def test_marginal_matches_brute_force_integration():
+def _numpy_log_likelihood(u, classes, tau_lo, tau_up, sigma=0.05):
+    """eq. 36 written out in numpy, voxel by voxel: independent of ``ThreeClassSigmoid`` and of the quadrature."""
+    seen = classes >= 0
+    v, c = u[seen], classes[seen]
+    a, b = (v - tau_lo) / sigma, (v - tau_up) / sigma
+
+    def log_s(x):
+        return -np.logaddexp(0.0, -x)
+
+    log_z = np.logaddexp(0.0, log_s(b) + log_s(-a))
+    return float(np.sum(np.select([c == 0, c == 1, c == 2], [log_s(-a), log_s(-b) + log_s(a), log_s(b)]) - log_z))
+
+
+def test_marginal_matches_adaptive_integration():
     u, lik = _case(seed=1)
     weight = 0.05
     quad = threshold_quadrature(threshold_priors(), 24)
     value = float(quad.marginal(jax.jit(node_log_likelihoods(lik, quad))(u, {}), weight))
-    # midpoint rule on 300 x 300 cells of the prior's rectangle (second order, independent of Gauss-Legendre)
-    m = 300
-    lo = 0.05 + 0.45 * (np.arange(m) + 0.5) / m
-    up = 0.5 + 0.45 * (np.arange(m) + 0.5) / m
-    dense = threshold_quadrature(threshold_priors(), 2)._replace(
-        tau_lo=np.repeat(lo, m), tau_up=np.tile(up, m), log_mass=np.full(m * m, -2 * np.log(m)))
-    brute = float(dense.marginal(jax.jit(node_log_likelihoods(lik, dense))(u, {}), weight))
-    assert value == pytest.approx(brute, abs=2e-5)  # the midpoint rule at 600 x 600 moves by 3e-6
+    # QUADPACK's adaptive Gauss-Kronrod (scipy.integrate.dblquad) over the prior's rectangle, on eq. 36 in numpy
+    field, classes = np.asarray(u)[-1], np.asarray(lik.classes)
+    shift = weight * _numpy_log_likelihood(field, classes, 0.275, 0.725)
+
+    def integrand(tau_up, tau_lo):
+        return np.exp(weight * _numpy_log_likelihood(field, classes, tau_lo, tau_up) - shift) / 0.45**2
+
+    integral, error = integrate.dblquad(integrand, 0.05, 0.5, 0.5, 0.95, epsabs=0.0, epsrel=1e-9)
+    assert error < 1e-8 * integral
+    assert value == pytest.approx(np.log(integral) + shift, abs=1e-7)
 
 
 def test_threshold_summary_of_the_prior_is_the_uniform_distribution():
