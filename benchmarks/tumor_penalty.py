@@ -94,5 +94,6 @@ def main(argv=None):
         print("   history:", " ".join(f"{v:.3f}" for v in rep.history[:40]))
         print("   CG:", cg[:40], " damping:", [f"{d:.2g}" for d in rep.extra.get("damping", [])[:40]], flush=True)
 
+
 if __name__ == "__main__":
     main()

@@ -80,12 +80,15 @@ def test_marginal_matches_adaptive_integration():
     value = float(quad.marginal(jax.jit(node_log_likelihoods(lik, quad))(u, {}), weight))
     # QUADPACK's adaptive Gauss-Kronrod (scipy.integrate.dblquad) over the prior's rectangle, on eq. 36 in numpy
     field, classes = np.asarray(u)[-1], np.asarray(lik.classes)
-    shift = weight * _numpy_log_likelihood(field, classes, 0.275, 0.725)
+    priors = threshold_priors()
+    (lo_a, lo_b), (up_a, up_b) = ((float(priors[k].low), float(priors[k].high)) for k in ("tau_lo", "tau_up"))
+    shift = weight * _numpy_log_likelihood(field, classes, (lo_a + lo_b) / 2, (up_a + up_b) / 2)
 
-    def integrand(tau_up, tau_lo):
-        return np.exp(weight * _numpy_log_likelihood(field, classes, tau_lo, tau_up) - shift) / 0.45**2
+    def integrand(tau_up, tau_lo):  # the likelihood times the uniform priors' density
+        return np.exp(weight * _numpy_log_likelihood(field, classes, tau_lo, tau_up) - shift) / (
+            (lo_b - lo_a) * (up_b - up_a))
 
-    integral, error = integrate.dblquad(integrand, 0.05, 0.5, 0.5, 0.95, epsabs=0.0, epsrel=1e-9)
+    integral, error = integrate.dblquad(integrand, lo_a, lo_b, up_a, up_b, epsabs=0.0, epsrel=1e-9)
     assert error < 1e-8 * integral
     assert value == pytest.approx(np.log(integral) + shift, abs=1e-7)
 
