@@ -22,9 +22,10 @@ one row each and a summary block:
 * wall time.
 
 Results are kept per patient (``<results>/patient_XXX/row.json``), so ``evaluate`` resumes too.
-``evaluate --discrepancy-from <calibration runs>`` fits the growth parameters' model discrepancy
+``evaluate --discrepancy-from <calibration runs>`` fits the growth parameters' and the origin's model discrepancy
 (``bodil.tumor.discrepancy``) on those runs and prints its intervals' coverage and width there (in-sample and
-leave-one-out) and on the runs in ``--results``; its output gives ``GROWTH_DISCREPANCY``.
+leave-one-out) and on the runs in ``--results`` (of another cohort with ``--calibration-cohort``); its output gives
+``GROWTH_DISCREPANCY`` and ``ORIGIN_DISCREPANCY``.
 
     .venv/bin/python benchmarks/tumor_cohort.py make --out benchmarks/cohort --patients 50
     .venv/bin/python benchmarks/tumor_cohort.py evaluate --cohort benchmarks/cohort --results /tmp/cohort-runs
@@ -50,6 +51,7 @@ from bodil.progress import as_meter
 from bodil.tumor import Anatomy, CTVSettings, load_segmentation, mni152, run_ctv
 from bodil.tumor.cohort import CohortPriors, cohort_patient
 from bodil.tumor.ctv import core_distance, model_ctv
+from bodil.tumor.discrepancy import in_origin_region
 
 MAKE_SEED = 2027
 """Seed of the cohort that calibration uses (``evaluate --holdout`` uses a cohort made with another seed)."""
@@ -215,13 +217,14 @@ def growth_samples(cohort: str, results: str, patients: list[int]) -> dict:
 
 
 def discrepancy_table(cohort: str, calibration: str, cal_patients: list[int], results: str,
-                      patients: list[int]) -> str:
+                      patients: list[int], cal_cohort: str | None = None) -> str:
     """The growth parameters' model discrepancy (``bodil.tumor.discrepancy``) fitted on the runs in
     ``calibration`` and its 90% intervals' coverage and width on those runs (in-sample and leave-one-out) and on
-    the runs in ``results`` (the report set)."""
+    the runs in ``results`` (the report set); the calibration runs are of ``cal_cohort`` (default ``cohort``)."""
     from bodil.tumor.discrepancy import fit_discrepancy, patient_quantiles
 
-    cal, rep = growth_samples(cohort, calibration, cal_patients), growth_samples(cohort, results, patients)
+    cal_cohort = cal_cohort or cohort
+    cal, rep = growth_samples(cal_cohort, calibration, cal_patients), growth_samples(cohort, results, patients)
 
     def cover(samples, truths, d):
         hits, widths = [], []
@@ -251,7 +254,49 @@ def discrepancy_table(cohort: str, calibration: str, cal_patients: list[int], re
                      + (f"{cover(rx, rt, d)} | {cover(rx, rt, alone)} |" if rx else "- | - |"))
     lines.append("\n(truths in the 90% interval, with the intervals' median width in decades; \"model alone\": "
                  "the samples' own quantiles, no discrepancy)")
+    lines += ["", origin_discrepancy_table(cohort, calibration, cal_patients, results, patients, cal_cohort)]
     return "\n".join(lines)
+
+
+def origin_samples(cohort: str, results: str, patients: list[int]) -> tuple[list, list, list]:
+    """Per finished run: the posterior's origins in world mm ``(n, 3)``, the true origin and the box spacing."""
+    xs, ts, hs = [], [], []
+    for _, summary, idata, truth in finished_runs(cohort, results, patients):
+        xs.append(np.stack([idata.posterior[f"{c}_world"].values.ravel() for c in "xyz"], axis=1))
+        ts.append(np.asarray(truth["origin_world"], float))
+        hs.append(float(summary["box"]["spacing_mm"]))
+    return xs, ts, hs
+
+
+def origin_discrepancy_table(cohort: str, calibration: str, cal_patients: list[int], results: str,
+                             patients: list[int], cal_cohort: str | None = None) -> str:
+    """The origin's model discrepancy (``bodil.tumor.discrepancy.fit_origin_discrepancy``) fitted on the runs in
+    ``calibration``: the true origins in the 90% ellipsoids with and without it (in-sample, leave-one-out, report
+    set), and the summed log predictive density of the truths (a proper score: higher is better)."""
+    from bodil.tumor.discrepancy import (OriginDiscrepancy, fit_origin_discrepancy,
+                                         origin_log_predictive, origin_region)
+
+    cal = origin_samples(cal_cohort or cohort, calibration, cal_patients)
+    rep = origin_samples(cohort, results, patients)
+    if len(cal[0]) < 2:
+        return "(origin: fewer than two calibration runs)"
+    d, none = fit_origin_discrepancy(*cal), OriginDiscrepancy(0.0)
+
+    def score(runs, dd):
+        hits = [in_origin_region(t, origin_region(x, h, dd))[0] for x, t, h in zip(*runs)]
+        logp = sum(origin_log_predictive(t, x, h, dd) for x, t, h in zip(*runs))
+        return f"{sum(hits)}/{len(hits)} ({logp:.1f})"
+
+    loo = []
+    for k in range(len(cal[0])):
+        dk = fit_origin_discrepancy(*[v[:k] + v[k + 1:] for v in cal])
+        loo.append(in_origin_region(cal[1][k], origin_region(cal[0][k], cal[2][k], dk))[0])
+    return "\n".join([
+        "| parameter | a (sd per box spacing) | model alone, calibration | calibration | leave-one-out | report set | "
+        "model alone, report set |", "|---|---|---|---|---|---|---|",
+        f"| origin | {d.per_spacing:.4f} | {score(cal, none)} | {score(cal, d)} | {sum(loo)}/{len(loo)} | "
+        + (f"{score(rep, d)} | {score(rep, none)} |" if rep[0] else "- | - |"),
+        "\n(true origins in the 90% ellipsoid, with the summed log density of the truths in brackets)"])
 
 
 def compare(results: str, against: str, patients: list[int], margins_mm) -> str:
@@ -320,6 +365,9 @@ def evaluate_one(cohort: str, i: int, results: str, settings: CTVSettings) -> di
            "mean_origin_err": float(np.linalg.norm(samples.mean(axis=0) - x_true)),
            "origin_in_90": bool(inside), "mahalanobis": mahalanobis,
            "map_converged": bool(s["map"]["converged"]), "wall_s": wall, "box_spacing_mm": s["box"]["spacing_mm"]}
+    region = s["posterior"]["origin_with_model_error"]
+    if region["applied"]:
+        row["origin_in_90_model_error"] = in_origin_region(x_true, region)[0]
     for name, true in (("Dw", truth["dw"] * truth["t_final"]), ("rho", truth["rho"] * truth["t_final"])):
         row[f"{name}T_err"] = theta[name] * t_model / true - 1.0
     row.update(growth_intervals(post, truth, t_model))
@@ -434,7 +482,9 @@ def table(rows: list[dict]) -> str:
     lines += ["", f"{n} patients:",
               f"- origin in the 90% credible ellipsoid: {sum(r['origin_in_90'] for r in rows)}/{n}; MAP origin error "
               f"median {np.median([r['map_origin_err'] for r in rows]):.1f} mm, worst "
-              f"{max(r['map_origin_err'] for r in rows):.1f} mm",
+              f"{max(r['map_origin_err'] for r in rows):.1f} mm"
+              + (f"; with the model's error: {sum(r['origin_in_90_model_error'] for r in rows)}/{n}"
+                 if all("origin_in_90_model_error" in r for r in rows) else ""),
               f"- Dw T error median {np.median([r['DwT_err'] for r in rows]):+.2f} (range "
               f"{min(r['DwT_err'] for r in rows):+.2f} to {max(r['DwT_err'] for r in rows):+.2f}); rho T error median "
               f"{np.median([r['rhoT_err'] for r in rows]):+.2f}",
@@ -492,10 +542,12 @@ def main(argv=None):
                     help="print the coverage at these error-correlation lengths (mm) by reweighting finished runs "
                          "made at a longer one, and stop")
     ev.add_argument("--discrepancy-from", metavar="RESULTS",
-                    help="fit the growth parameters' model discrepancy on the runs in this folder (patients "
+                    help="fit the growth parameters' and the origin's model discrepancy on the runs in this folder (patients "
                          "--calibration-patients), print its coverage there and on --results, and stop")
     ev.add_argument("--calibration-patients", type=int, nargs="+", default=list(range(20)),
                     help="patients of --discrepancy-from (default: 0-19)")
+    ev.add_argument("--calibration-cohort", metavar="COHORT",
+                    help="the cohort of --discrepancy-from's runs (default: --cohort)")
     ev.add_argument("--rescore", action="store_true",
                     help="recompute the coverage of the finished rows from their files, then print the table")
     args = ap.parse_args(argv)
@@ -526,7 +578,7 @@ def main(argv=None):
         return
     if args.discrepancy_from:
         print(discrepancy_table(args.cohort, args.discrepancy_from, args.calibration_patients, args.results,
-                                patients))
+                                patients, args.calibration_cohort))
         return
     if args.rescore:
         rescore(args.cohort, args.results, patients, settings.margins_mm)

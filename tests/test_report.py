@@ -220,3 +220,20 @@ def test_report_says_whether_the_growth_rates_include_the_model_error():
     other = " ".join(run_assumptions({}, ("Dw", "rho"), ("x0",), None,
                                      growth_with_model_error(CTVSettings(grid=16), theta)))
     assert "its own error is not included" in other and "grid=16" in other and "model error incl." not in other
+
+
+def test_report_says_how_the_origin_includes_the_model_error():
+    """Default settings: the initial position's sentence gives the discrepancy's sd on this box (0.2254 of a
+    4 mm spacing, 0.9 mm) and says that the CTV ensemble does not use it; other settings: no such sentence."""
+    from bodil.tumor import CTVSettings
+    from bodil.tumor.discrepancy import ORIGIN_DISCREPANCY, origin_with_model_error
+    from bodil.tumor.report_content import run_assumptions
+
+    samples = np.random.default_rng(0).normal(size=(64, 3))
+    origin = origin_with_model_error(CTVSettings(), samples, 4.0)
+    text = " ".join(run_assumptions({}, ("Dw", "rho"), ("x0",), None, None, origin))
+    assert f"sd {ORIGIN_DISCREPANCY.per_spacing * 4.0:.2g} mm per axis" in text
+    assert "The CTV ensemble uses the posterior's own spread." in text
+    other = " ".join(run_assumptions({}, ("Dw", "rho"), ("x0",), None, None,
+                                     origin_with_model_error(CTVSettings(grid=16), samples, 4.0)))
+    assert "Initial position" not in other

@@ -16,7 +16,7 @@ import numpy as np
 
 from ..io import save_nifti
 from ..progress import ProgressMeter, as_meter
-from .discrepancy import growth_with_model_error
+from .discrepancy import growth_with_model_error, origin_with_model_error
 from .ensemble import CTVEnsemble, ctv_ensemble
 from .model import ORIGIN, UNITS, threshold_priors
 from .report import ReportContent
@@ -141,6 +141,7 @@ def summarise(seg, anatomy, s, mf, idata, ctvs: PosteriorCTVs, inner: dict, pati
             "intervals": sampled_intervals(idata, s.posterior_parameters),
             "origin_world_mm": {c: quantiles(origin_world[:, i]) for i, c in enumerate("xyz")},
             "origin_spread_mm": float(np.sqrt(np.trace(np.cov(origin_world.T)))),
+            "origin_with_model_error": origin_with_model_error(s, origin_world, crop.spacing_mm),
             "likelihood_weight": float(idata.attrs["likelihood_weight"]),
             "log_evidence": float(idata.attrs.get("log_evidence", np.nan)),  # of the tempered likelihood
             "thresholds": threshold_posterior(s, idata),
@@ -230,14 +231,25 @@ def report_content(seg, anatomy, s, mf, idata, ctvs: PosteriorCTVs, summary: dic
     origin_truth = None
     if truth and "origin_world" in truth:
         origin_truth = np.asarray(truth["origin_world"], float)
-    growth = summary["posterior"]["growth_with_model_error"]
-    parameters = _parameter_rows(mf.model, mf.theta, ctvs, _report_intervals(summary)) + _growth_rows(growth)
+    growth, origin = summary["posterior"]["growth_with_model_error"], summary["posterior"]["origin_with_model_error"]
+    parameters = (_parameter_rows(mf.model, mf.theta, ctvs, _report_intervals(summary)) + _origin_rows(origin, ctvs)
+                  + _growth_rows(growth))
     return ReportContent.from_ensemble(
         ctvs.ensemble, patient_id=patient_id, run=run, tissue=anatomy.tissue, classes=seg.classes,
         affine=seg.affine, origin_samples=ctvs.origin_world, parameters=parameters,
         notes=summary["notes"], origin_truth=origin_truth, origin_map=ctvs.map_origin_world,
         assumptions=run_assumptions(mf.model.posterior.params.fixed, s.map_parameters, s.posterior_parameters,
-                                    summary["posterior"]["thresholds"], growth))
+                                    summary["posterior"]["thresholds"], growth, origin))
+
+
+def _origin_rows(origin: dict, ctvs: PosteriorCTVs) -> list[dict]:
+    """Report rows of the initial position with the model's error included (``origin_with_model_error``): MAP,
+    mean and the 90% interval per axis, world mm."""
+    if not origin["applied"]:
+        return []
+    return [{"name": f"{c} (world), model error incl.", "unit": "mm", "map": float(ctvs.map_origin_world[k]),
+             "mean": origin["mean"][k], "q05": origin["axes"][c]["lower"], "q95": origin["axes"][c]["upper"]}
+            for k, c in enumerate("xyz")]
 
 
 def _growth_rows(growth: dict) -> list[dict]:

@@ -68,23 +68,24 @@ _WORDS = {"Dw": "the white-matter diffusivity Dw", "rho": "the proliferation rat
 
 
 def run_assumptions(fixed: dict, fitted, sampled, thresholds: dict | None = None,
-                    growth: dict | None = None) -> tuple[str, ...]:
+                    growth: dict | None = None, origin: dict | None = None) -> tuple[str, ...]:
     """``ASSUMPTIONS`` plus, in plain words, which parameters this run fixed (with their values), fitted at the
     MAP only, sampled in the posterior (their uncertainty is in the CTV ensemble) and integrated out
     (``thresholds``: the summary's ``posterior.thresholds``), and how ``Dw T`` and ``rho T`` were given with the
-    model's error (``growth``: the summary's ``posterior.growth_with_model_error``)."""
-    origin = ("x0", "y0", "z0")
+    model's error (``growth``: the summary's ``posterior.growth_with_model_error``), and the initial position
+    (``origin``: ``posterior.origin_with_model_error``)."""
+    origin_names = ("x0", "y0", "z0")
 
     def words(names):
-        out = [_WORDS.get(n, n) for n in names if n not in origin]
-        if any(n in origin for n in names):
+        out = [_WORDS.get(n, n) for n in names if n not in origin_names]
+        if any(n in origin_names for n in names):
             out.append("the initial position")
         return ", ".join(out)
 
     lines = list(ASSUMPTIONS)
     integrated = thresholds is not None and thresholds.get("treatment") == "marginalised"
     integrated_names = ("tau_lo", "tau_up") if integrated else ()
-    held = [f"{_WORDS.get(k, k)} = {v:g}" for k, v in fixed.items() if k not in origin + integrated_names]
+    held = [f"{_WORDS.get(k, k)} = {v:g}" for k, v in fixed.items() if k not in origin_names + integrated_names]
     if held:
         lines.append("Fixed, not inferred: " + ", ".join(held) + "; errors in these values are not part of the "
                      "uncertainty shown.")
@@ -109,6 +110,11 @@ def run_assumptions(fixed: dict, fitted, sampled, thresholds: dict | None = None
     elif growth is not None:
         lines.append("Dw and rho are the model's values; its own error is not included, because it was measured "
                      "at other settings (" + growth["why"] + ").")
+    if origin is not None and origin.get("applied"):
+        lines.append(f"Initial position (\"model error incl.\"): the posterior's spread widened by the model's "
+                     f"error in where it places the start, a normal of sd {origin['sd_mm']:.2g} mm per axis "
+                     f"({origin['per_spacing']:.2g} of the box spacing) measured on {origin['calibration']}; "
+                     f"{origin['validation']}. The CTV ensemble uses the posterior's own spread.")
     return tuple(lines)
 
 

@@ -174,8 +174,10 @@ def title_page(content: ReportContent, written: str) -> Figure:
     ax.axis("off")
     ax.set_title("Model parameters (posterior)", fontsize=10, fontweight="bold", loc="left")
     if content.parameters:
+        rest = 0.72 / (len(PARAMETER_COLUMNS) - 1)  # the names ("x (world), model error incl.") need the room
         table = ax.table(cellText=table_rows(content.parameters, PARAMETER_COLUMNS),
-                         colLabels=[c[1] for c in PARAMETER_COLUMNS], loc="upper center", cellLoc="center")
+                         colLabels=[c[1] for c in PARAMETER_COLUMNS], loc="upper center", cellLoc="center",
+                         colWidths=[0.28] + [rest] * (len(PARAMETER_COLUMNS) - 1))
         table.auto_set_font_size(False)
         table.set_fontsize(8)
         table.scale(1.0, 1.3)
