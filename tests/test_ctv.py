@@ -246,6 +246,24 @@ def test_ensemble_of_shifted_balls_spread_matches_the_shift():
                                                         ctv.core_distance(core, spacing)))
 
 
+def test_every_pair_matches_the_stand_alone_surface_distances():
+    """Seven samples (more than the threads that compute the distance maps): each pair's mean surface distance,
+    95% Hausdorff and Dice are those of ``ctv.mean_surface_distance``, ``hausdorff95`` and ``dice`` on the two
+    model CTVs, in the pairs' order."""
+    shape, spacing = (36, 30, 28), (1.0, 1.2, 0.9)
+    core = ball(shape, (18, 15, 14), 2.0)
+    brain = np.ones(shape, bool)
+    centres = [(16 + k, 15 + (k % 3) - 1, 14 + (k % 2)) for k in range(7)]
+    samples = [gaussian(shape, c) for c in centres]
+    r = ensemble.ctv_ensemble(samples, core, brain, spacing, margins_mm=(6,))[6]
+    masks = [ctv.model_ctv(u, brain, r.n_voxels, tie_break=ctv.core_distance(core, spacing)) for u in samples]
+    assert len(r.pairs) == 21
+    for (i, j), msd, hd, dsc in zip(r.pairs, r.pair_mean_surface_mm, r.pair_hausdorff95_mm, r.pair_dice):
+        assert msd == pytest.approx(ctv.mean_surface_distance(masks[i], masks[j], spacing), rel=1e-12)
+        assert hd == pytest.approx(ctv.hausdorff95(masks[i], masks[j], spacing), rel=1e-12)
+        assert dsc == pytest.approx(ctv.dice(masks[i], masks[j]), rel=1e-12)
+
+
 def test_ensemble_streaming_matches_array_and_bounds_kept_masks():
     shape = (20, 20, 20)
     spacing = (1.0, 1.0, 1.0)

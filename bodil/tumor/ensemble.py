@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
+from collections import deque
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -121,6 +124,24 @@ def _n_kept_for(max_pairs: int) -> int:
     return max(2, math.ceil((1 + math.sqrt(1 + 8 * max_pairs)) / 2))
 
 
+def _distance_maps(surfaces: list[np.ndarray], spacing):
+    """``distance_to`` of each surface, in order, computed by as many threads as there are cores
+    (``scipy.ndimage``'s distance transform releases the GIL); lazily, so that only a few maps are held at once."""
+    workers = max(1, min(len(surfaces), len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                         else (os.cpu_count() or 1)))
+    if workers == 1:
+        yield from (distance_to(surf, spacing) for surf in surfaces)
+        return
+    with ThreadPoolExecutor(workers) as pool:
+        pending = deque()
+        for surf in surfaces:
+            pending.append(pool.submit(distance_to, surf, spacing))
+            if len(pending) > workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
 def _pair_statistics(kept: list[np.ndarray], p50: np.ndarray, pairs_local: np.ndarray, spacing):
     """Surface distances and Dice for the pairs of kept masks and of each kept mask to ``p50``.
 
@@ -144,10 +165,9 @@ def _pair_statistics(kept: list[np.ndarray], p50: np.ndarray, pairs_local: np.nd
         s50 = surface(p50[box])
         d50 = distance_to(s50, spacing)
     to_p50 = np.full(len(kept), np.nan)
-    for k, surf in enumerate(surfaces):
-        if not involving[k] and not has_p50:
-            continue
-        dk = distance_to(surf, spacing)
+    needed = [k for k in range(len(kept)) if involving[k] or has_p50]
+    for k, dk in zip(needed, _distance_maps([surfaces[k] for k in needed], spacing)):
+        surf = surfaces[k]
         for p in involving[k]:
             i, j = pairs_local[p]
             if k == j:
