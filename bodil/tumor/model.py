@@ -294,6 +294,29 @@ class ForwardFit(NamedTuple):
     loss: float
 
 
+def forward_objective(model: TumorModel):
+    """``w -> -log p(D | u_FK(theta)(T), theta) - log p(theta)``, ``theta`` the inferred parameters (in the order of
+    the priors) from the unconstrained coordinates ``w``: one explicit run to the imaging time
+    (``ForwardLikelihood.batch``, the steps of ``TumorModel.forward`` equal to rounding) and the transforms and the
+    prior compiled, so one evaluation is two compiled calls. A non-finite value is returned as ``1e300``."""
+    params = model.posterior.params
+    names = list(params.priors)
+    run = ForwardLikelihood(model)
+
+    @jax.jit
+    def constrain(w):
+        theta = params.constrain({k: w[i] for i, k in enumerate(names)})
+        return {k: v[None] for k, v in theta.items()}, params.log_prob(theta)
+
+    def objective(w):
+        theta, log_prior = constrain(jnp.asarray(w, jnp.float64))
+        log_likelihood, _ = run.batch(theta)
+        value = -float(log_likelihood[0]) - float(log_prior)
+        return value if np.isfinite(value) else 1e300
+
+    return objective
+
+
 def fit_forward(model: TumorModel, theta0: dict, *, max_evaluations: int | None = None, xatol: float = 1e-3,
                 fatol: float = 1e-3) -> ForwardFit:
     """The MAP of the forward limit: maximise ``log p(D | u_FK(theta)(T), theta) + log p(theta)`` over the inferred
@@ -316,19 +339,7 @@ def fit_forward(model: TumorModel, theta0: dict, *, max_evaluations: int | None 
     names = list(params.priors)
     z0 = params.unconstrain({k: jnp.asarray(theta0[k], jnp.float64) for k in names})
     w0 = np.array([float(z0[k]) for k in names])
-    run = ForwardLikelihood(model)  # the same steps as model.forward, final time only, in one compiled call
-
-    @jax.jit
-    def constrain(w):
-        theta = params.constrain({k: w[i] for i, k in enumerate(names)})
-        return {k: v[None] for k, v in theta.items()}, params.log_prob(theta)
-
-    def objective(w):
-        theta, log_prior = constrain(jnp.asarray(w, jnp.float64))
-        log_likelihood, _ = run.batch(theta)
-        value = -float(log_likelihood[0]) - float(log_prior)
-        return value if np.isfinite(value) else 1e300
-
+    objective = forward_objective(model)
     budget = 400 * len(names) if max_evaluations is None else int(max_evaluations)
     res = scipy.optimize.minimize(objective, w0, method="Nelder-Mead",
                                   options={"maxfev": budget, "xatol": xatol, "fatol": fatol,

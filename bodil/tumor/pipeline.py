@@ -176,10 +176,8 @@ def likelihood_weight(spacing_mm: float, error_correlation_mm: float | None) -> 
     return float(min(1.0, (spacing_mm / error_correlation_mm) ** 3))
 
 
-def fit_map(seg: Segmentation, anatomy: Anatomy, s: CTVSettings, progress: bool | ProgressMeter = False) -> MapFit:
-    """Stages 2-3: the box around the tumour, the GliODIL model on it, and its MAP."""
-    from ..optimize import map_estimate
-
+def box_model(seg: Segmentation, anatomy: Anatomy, s: CTVSettings):
+    """Stage 2: the box around the tumour (``Crop``) and the GliODIL model on it (``TumorModel``)."""
     contain = side_to_contain(seg.tumor, seg.core, seg.affine, max(s.margins_mm)) + 2 * max(anatomy.spacing)
     crop = crop_around(seg.tumor, seg.affine, scale=s.box_scale, n=s.grid, min_side_mm=contain)
     n = s.box_points(crop.side_mm)
@@ -192,7 +190,14 @@ def fit_map(seg: Segmentation, anatomy: Anatomy, s: CTVSettings, progress: bool 
     model = tumor_model(box.wm, box.gm, classes_box, crop.side_mm, nt=s.time_points, t_final=s.t_final,
                         infer=s.map_parameters, likelihood=s.likelihood, lambda_pde=s.lambda_pde,
                         lambda_ic=s.lambda_ic, sigma=s.sigma, dt2=s.effective_seed_dt2)
+    return crop, model
 
+
+def fit_map(seg: Segmentation, anatomy: Anatomy, s: CTVSettings, progress: bool | ProgressMeter = False) -> MapFit:
+    """Stages 2-3: the box around the tumour, the GliODIL model on it (``box_model``), and its MAP."""
+    from ..optimize import map_estimate
+
+    crop, model = box_model(seg, anatomy, s)
     sbox = None
     if "surrogate" in (s.inner, s.initializer):
         from ..forward.surrogate import pretrained
