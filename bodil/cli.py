@@ -26,10 +26,27 @@ import os
 import sys
 
 
-def _enable_float64():
+def _configure_jax():
+    """float64 and the persistent compilation cache, for the command's own process."""
     import jax
 
-    jax.config.update("jax_enable_x64", True)  # the command owns its process; the library never does this
+    jax.config.update("jax_enable_x64", True)  # the command owns its process; the library never does either
+    _enable_compilation_cache()
+
+
+def _enable_compilation_cache():
+    """Keep JAX's compiled kernels between runs of the command (JAX's persistent compilation cache), in
+    ``$XDG_CACHE_HOME/bodil/jax`` (default ``~/.cache/bodil/jax``), every kernel however quick to compile: a second
+    run skips the compilation (about 20 s of the demo's 55 s). A ``JAX_COMPILATION_CACHE_DIR`` in the environment
+    is the user's choice and wins (empty: no cache)."""
+    import jax
+
+    if "JAX_COMPILATION_CACHE_DIR" in os.environ or jax.config.jax_compilation_cache_dir:
+        return
+    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    jax.config.update("jax_compilation_cache_dir", os.path.join(root, "bodil", "jax"))
+    if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 
 class _StderrHandler(logging.StreamHandler):
@@ -93,7 +110,7 @@ def _anatomy(args):
 
 
 def ctv(args) -> int:
-    _enable_float64()
+    _configure_jax()
     from .tumor.pipeline import run_ctv
     from .tumor.segmentation import load_segmentation
 
@@ -150,7 +167,7 @@ def _print_result(res) -> None:
 
 
 def synth(args) -> int:
-    _enable_float64()
+    _configure_jax()
     from .tumor import mni152, synthetic_patient, write_synthetic
 
     anatomy = mni152(args.resolution)
@@ -166,7 +183,7 @@ def synth(args) -> int:
 
 
 def demo(args) -> int:
-    _enable_float64()
+    _configure_jax()
     import time
 
     from .tumor import mni152, synthetic_patient, write_synthetic
