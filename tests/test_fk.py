@@ -120,3 +120,26 @@ def test_bad_inputs_are_refused_with_clear_messages():
         solve_fk(u0, one, one * 0, 1.0, dw=1, dg=0.1, rho=0.1, t_final=1, times=[0.5, 0.2])
     with pytest.raises(ValueError, match="NaN"):
         solve_fk(u0, one * np.nan, one * 0, 1.0, dw=1, dg=0.1, rho=0.1, t_final=1)
+
+
+@pytest.mark.parametrize("shape", [(9, 7, 5), (6, 1, 4), (3, 8, 6, 5)])  # a one-point axis; a leading batch axis
+def test_the_sliced_step_is_the_flux_difference_step_bit_for_bit(shape):
+    """``fk._euler`` (neighbours by slicing, faces on both sides of each point) computes the same numbers as
+    ``v + dt (stencil.diffusion_operator(v) + rho v (1 - v))`` from the interior faces, walls and non-tissue
+    faces included."""
+    import jax.numpy as jnp
+
+    from bodil import stencil
+    from bodil.forward.fk import _euler, _faces
+
+    rng = np.random.default_rng(5)
+    space = shape[-3:]
+    wm = rng.random(space)
+    gm = rng.random(space) * (1 - wm)
+    wm[0] = gm[0] = 0.02  # a non-tissue slab: its faces carry no flux
+    sides, _ = _faces(jnp.asarray(wm), jnp.asarray(gm), 0.7, 0.07, 0.1, (1.5, 2.0, 2.5))
+    faces = stencil.face_diffusivities(0.7 * wm + 0.07 * gm, space, (1.5, 2.0, 2.5), (False,) * 3,
+                                       (wm + gm) >= 0.1)
+    v = jnp.asarray(rng.random(shape))
+    want = v + 0.3 * (stencil.diffusion_operator(v, faces, (False,) * 3) + 0.05 * v * (1.0 - v))
+    np.testing.assert_array_equal(np.asarray(_euler(v, sides, 0.05, 0.3)), np.asarray(want))
