@@ -543,8 +543,7 @@ def main(argv=None):
                          "made at a longer one, and stop")
     ev.add_argument("--discrepancy-from", metavar="RESULTS",
                     help="fit the growth parameters' and the origin's model discrepancy on the runs in this folder "
-                         "(patients "
-                         "--calibration-patients), print its coverage there and on --results, and stop")
+                         "(patients --calibration-patients), print its coverage there and on --results, and stop")
     ev.add_argument("--calibration-patients", type=int, nargs="+", default=list(range(20)),
                     help="patients of --discrepancy-from (default: 0-19)")
     ev.add_argument("--calibration-cohort", metavar="COHORT",

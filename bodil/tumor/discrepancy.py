@@ -204,8 +204,7 @@ CALIBRATED_SETTINGS = {"grid": 24, "max_spacing_mm": None, "time_points": 12, "l
                        "threshold_treatment": "marginalised", "map_parameters": ("Dw", "rho", "x0", "y0", "z0"),
                        "posterior_parameters": ("x0", "y0", "z0")}
 """The ``CTVSettings`` (attributes and properties) that ``GROWTH_DISCREPANCY`` and ``ORIGIN_DISCREPANCY`` were
-fitted with; with any other
-value the model's error is a different one and is not corrected for."""
+fitted with; with any other value the model's error is a different one and is not corrected for."""
 
 
 def calibration_mismatch(settings) -> list[str]:
