@@ -49,14 +49,15 @@ import numpy as np  # noqa: E402
 
 import bodil  # noqa: E402
 from bodil.bilo import (BiLOSettings, cases, cases_darcy, cases_gbm, cases_heat, cases_poisson, fit,  # noqa: E402
-                        local_operator_net, trainer)
+                        local_operator_net, solve_lower, trainer)
+from bodil.bilo import functions as F  # noqa: E402
 from bodil.bilo.functions import function_trainer  # noqa: E402
 
 
 def make_trainer(case, method, args, w=1.0):
     """One compiled trainer per method (and PINN weight) for every noise draw: data values are arguments."""
     net = local_operator_net(0, 2, 2, width=args.width, depth=args.depth, transform=cases.hard_conditions,
-                             uses_params=method == "bilo", dtype=jnp.float32)
+                             uses_params=method == "bilo", dtype=jnp.dtype(args.dtype))
     settings = BiLOSettings(method=method, w_data=w, chunk=args.chunk, lr_theta=args.lr_theta)
     return trainer(case.problem, net, settings, reference=case.pretrain)
 
@@ -118,9 +119,9 @@ def function_trainers(case, args):
     out = {}
     for name, method, w in [("BiLO", "bilo", 1.0)] + [(f"PINN w={w:g}", "pinn", w) for w in args.pinn_w]:
         u_net = local_operator_net(0, n_coords, 1, width=args.width, depth=args.depth, transform=mod.u_transform,
-                                   uses_params=method == "bilo", dtype=jnp.float32, **extra)
+                                   uses_params=method == "bilo", dtype=jnp.dtype(args.dtype), **extra)
         f_net = local_operator_net(1, n_f, 0, width=args.f_width, depth=args.depth, transform=f_transform,
-                                   uses_params=False, dtype=jnp.float32)
+                                   uses_params=False, dtype=jnp.dtype(args.dtype))
         settings = BiLOSettings(method=method, w_data=w, chunk=args.chunk, lr_theta=args.lr_theta)
         out[name] = function_trainer(case.problem, u_net, f_net, settings, function0=case.function0,
                                      reference=case.pretrain)
@@ -130,7 +131,17 @@ def function_trainers(case, args):
 def function_row(tr, pre, case, args):
     res = fit(tr, tr.init(pre.state.p, pre.state.params), args.steps, values=case.problem.data_values)
     mod = FUNCTION_CASES[args.case][0]
-    return mod.model_metrics(case, res.net, float(res.history["data"][-1])), res.wall_time
+    return mod.model_metrics(case, res.net, float(res.history["data"][-1])), res.wall_time, res
+
+
+def polished_row(tr, res, case, args):
+    """BiLO's lower level solved by L-BFGS at the inferred function (``solve_lower``); wall time of both phases."""
+    out = solve_lower(tr, res, args.polish, chunk=args.chunk)
+    mod = FUNCTION_CASES[args.case][0]
+    dat = float(F.data_loss(out.net.u, out.net.f, case.problem))
+    print(f"  lower level by L-BFGS: L_LO {float(tr.lower(res.state.params, res.state.p)):.2e} -> "
+          f"{float(out.history['final']):.2e} in {out.wall_time:.0f} s", flush=True)
+    return mod.model_metrics(case, out.net, dat), res.wall_time + out.wall_time
 
 
 def function_odil_row(case, args, beta, w_reg):
@@ -160,7 +171,8 @@ def function_main(args):
     first = by[(args.noise[0], 0)]
     print(f"{args.case}: residual points {first.problem.collocation.shape[0]}, "
           f"data {first.problem.data_points.shape[0]}, "
-          f"w_reg {args.w_reg:g}; u: {args.depth} x {args.width}, f: {args.depth} x {args.f_width} tanh (float32); "
+          f"w_reg {args.w_reg:g}; u: {args.depth} x {args.width}, f: {args.depth} x {args.f_width} tanh "
+          f"({args.dtype}); "
           f"Adam lr_net 1e-3, lr_f {args.lr_theta:g}; pre-training {args.pre_steps}, inverse {args.steps} steps; "
           f"seeds {args.seeds}\n", flush=True)
     trainers = {} if args.only_odil else function_trainers(first, args)
@@ -174,13 +186,19 @@ def function_main(args):
     for nz in args.noise:
         runs = {f"ODIL beta={b:g} w_reg={w:g}": [] for b in args.odil_beta for w in odil_w}
         runs.update({name: [] for name in trainers})
+        polished = f"BiLO + lower level by L-BFGS x {args.polish}"
+        if args.polish and "BiLO" in trainers:
+            runs[polished] = []
         for s in range(args.seeds if nz > 0 else 1):
             case = by[(nz, s)]
             for b in args.odil_beta:
                 for w in odil_w:
                     runs[f"ODIL beta={b:g} w_reg={w:g}"].append(function_odil_row(case, args, b, w))
             for name, tr in trainers.items():
-                runs[name].append(function_row(tr, pre[name], case, args))
+                *row, res = function_row(tr, pre[name], case, args)
+                runs[name].append(row)
+                if name == "BiLO" and args.polish:
+                    runs[polished].append(polished_row(tr, res, case, args))
         for name, rows in runs.items():
             table.append((name, nz, {k: _mean_sd([r[0][k] for r in rows if k in r[0]]) for k, _ in columns}
                           | {"wall": f"{np.mean([r[1] for r in rows]):.1f}"}))
@@ -201,7 +219,7 @@ def gbm_neural_row(case, method, args, w=1.0):
     """Pre-training at theta_0 (timed apart) and the inverse solve of one network."""
     net = local_operator_net(0, 3, 2, width=args.width, depth=args.depth,
                              transform=cases_gbm.make_transform(case.settings["seed_width"]),
-                             uses_params=method == "bilo", dtype=jnp.float32)
+                             uses_params=method == "bilo", dtype=jnp.dtype(args.dtype))
     settings = BiLOSettings(method=method, w_data=w, chunk=args.chunk, lr_theta=args.lr_theta,
                             log_params=args.log_params)
     tr = trainer(case.problem, net, settings, reference=case.pretrain)
@@ -231,7 +249,7 @@ def gbm_main(args):
     case = cases_gbm.glioblastoma(n=args.n_space, n_t=args.n_t, n_res=args.n_res)
     print(f"gbm: truth {case.truth}, theta_0 {case.theta0}, grid {case.grid.shape}, residual points "
           f"{case.problem.collocation.shape[0]}, data {case.problem.data_points.shape[0]} (tissue nodes x 2 "
-          f"thresholds); network {args.depth} x {args.width} tanh (float32), Adam lr_net 1e-3, lr_theta "
+          f"thresholds); network {args.depth} x {args.width} tanh ({args.dtype}), Adam lr_net 1e-3, lr_theta "
           f"{args.lr_theta:g}; pre-training {args.pre_steps}, inverse {args.steps} steps\n", flush=True)
     rows = {} if args.no_odil else {f"ODIL beta={b:g}": gbm_odil_row(case, b, args) for b in args.odil_beta}
     if not args.only_odil:
@@ -279,6 +297,10 @@ def main():
     ap.add_argument("--pre-steps", type=int)
     ap.add_argument("--steps", type=int)
     ap.add_argument("--chunk", type=int, default=500)
+    ap.add_argument("--dtype", choices=["float32", "float64"], default="float32", help="the networks' weights")
+    ap.add_argument("--polish", type=int, default=0,
+                    help="L-BFGS iterations of BiLO's lower level at the inferred parameters after the inverse "
+                         "solve (bodil.bilo.solve_lower), reported as an extra row; 0: none")
     ap.add_argument("--lr-theta", type=float, help="Adam rate of the parameters (of the function's weights)")
     ap.add_argument("--w-reg", type=float, help="regulariser weight of the unknown function (poisson, heat)")
     ap.add_argument("--odil-w-reg", type=float, nargs="+", help="ODIL's regulariser weights (default: --w-reg)")
@@ -306,7 +328,8 @@ def main():
                 for s in range(args.seeds)}
     first = cases_by[(args.noise[0], 0)]
     print(f"Fisher-KPP: truth {first.truth}, theta_0 {first.theta0}, residual grid {args.n_res}^2, network "
-          f"{args.depth} x {args.width} tanh (float32), Adam lr_net 1e-3, lr_theta {args.lr_theta}, pre-training "
+          f"{args.depth} x {args.width} tanh ({args.dtype}), Adam lr_net 1e-3, lr_theta {args.lr_theta}, "
+          f"pre-training "
           f"{args.pre_steps} steps, inverse {args.steps} steps; seeds {args.seeds}\n")
     trainers = {"bilo": make_trainer(first, "bilo", args)}
     trainers.update({f"pinn{w:g}": make_trainer(first, "pinn", args, w) for w in args.pinn_w})

@@ -70,6 +70,11 @@ def main():
     ap.add_argument("--kernels", nargs="+", choices=["hmc", "mala"], default=["hmc", "mala"])
     ap.add_argument("--lower-start", nargs="+", choices=["warm", "anchor"], default=["warm"],
                     help="where each lower-level solve starts (BayesBiLOSettings.lower_start); one row set each")
+    ap.add_argument("--solver", choices=["adam", "lbfgs"], default="adam",
+                    help="the lower level's optimiser (bayesian_bilo(solver=...))")
+    ap.add_argument("--lower-steps", type=int, nargs="+",
+                    help="fixed numbers of lower-level steps per solve (lower_tol = 0), one row each, instead of "
+                         "--tol-factors")
     args = ap.parse_args()
     if args.quick:
         args.samples, args.warmup, args.pre_steps, args.tol_factors = 60, 40, 500, args.tol_factors[:1]
@@ -94,21 +99,25 @@ def main():
     pre = fit(tr, tr.init(start, pretrain=True), args.pre_steps)
     pre_wall = time.perf_counter() - t
     floor = float(losses.local_operator_loss(pre.net, case.problem, pre.state.p, 0.1)[0])  # L_LO, no reference fit
-    sampler = bayes.bayesian_bilo(case.problem, net, params, noise, lr=1e-3)
-    for kernel, start_mode, tol in [(k, m, f * floor) for k in args.kernels for m in args.lower_start
-                                    for f in args.tol_factors]:
+    sampler = bayes.bayesian_bilo(case.problem, net, params, noise, lr=1e-3, solver=args.solver)
+    lower = ([(f * floor, 100) for f in args.tol_factors] if args.lower_steps is None
+             else [(0.0, k) for k in args.lower_steps])
+    for kernel, start_mode, (tol, max_steps) in [(k, m, lw) for k in args.kernels for m in args.lower_start
+                                                 for lw in lower]:
         draws = args.samples if kernel == "hmc" else 2 * args.samples
         t = time.perf_counter()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # counted in the table
             idata = bayes.sample(sampler, (pre.state.params, start), kernel=kernel, num_samples=draws,
                                  num_warmup=args.warmup if kernel == "hmc" else 2 * args.warmup,
-                                 num_steps=5, lower_tol=tol, lower_steps=100, init_steps=5000, seed=2,
-                                 lower_start=start_mode)
+                                 num_steps=5, lower_tol=tol, lower_steps=max_steps,
+                                 init_steps=2000 if args.solver == "lbfgs" else 5000, seed=2, lower_start=start_mode)
         ss = idata.sample_stats
         extra = dict(accept=float(ss.acceptance_rate.mean()), steps=float(ss.lower_steps.mean()),
-                     missed=idata.attrs["lower_unconverged"], solves=idata.attrs["lower_solves"])
-        name = f"B-BiLO {kernel.upper()}" + (", anchor" if start_mode == "anchor" else "")
+                     missed=idata.attrs["lower_unconverged"], solves=idata.attrs["lower_solves"],
+                     lower_loss=float(np.mean(ss.lower_loss)), start_loss=idata.attrs["start_lower_loss"])
+        name = (f"B-BiLO {kernel.upper()}" + (", anchor" if start_mode == "anchor" else "")
+                + (f", L-BFGS x {max_steps}" if args.solver == "lbfgs" else ""))
         rows.append((name, f"{tol:.2g}", summary(idata), time.perf_counter() - t, extra))
         print(rows[-1], flush=True)
 
@@ -117,8 +126,9 @@ def main():
           f"{args.pre_steps} steps ({pre_wall:.0f} s, L_LO {floor:.2g}); quadrature: D {quad['D'][0]:.4f} +- "
           f"{quad['D'][1]:.4f}, rho {quad['rho'][0]:.3f} +- {quad['rho'][1]:.3f}\n")
     print("| sampler | lower tol | mean D (sd) | mean rho (sd) | z mean D, rho | z sd D, rho | ESS D, rho | "
-          "accept | Adam steps/draw | missed tol | wall s |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          f"accept | {'L-BFGS iterations' if args.solver == 'lbfgs' else 'Adam steps'}/draw | mean L_LO | missed tol "
+          "| wall s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     r0 = rows[0][2]
     for name, tol, s, wall, ex in rows:
         z = {k: [abs(s[k][m] - r0[k][m]) / np.hypot(s[k][f"se_{m}"], r0[k][f"se_{m}"]) for m in ("mean", "sd")]
@@ -128,7 +138,8 @@ def main():
         print(f"| {name} | {tol} | {s['D']['mean']:.4f} ({s['D']['sd']:.4f}) | {s['rho']['mean']:.3f} "
               f"({s['rho']['sd']:.3f}) | {zs[0]} | {zs[1]} | {s['D']['ess']:.0f}, {s['rho']['ess']:.0f} | "
               f"{ex.get('accept', float('nan')):.2f} | {ex.get('steps', float('nan')):.1f} | "
-              f"{ex.get('missed', '-')}{'/' + str(ex['solves']) if 'solves' in ex else ''} | {wall:.0f} |")
+              f"{ex.get('lower_loss', float('nan')):.2g} | {ex.get('missed', '-')}"
+              f"{'/' + str(ex['solves']) if 'solves' in ex else ''} | {wall:.0f} |")
     print(f"\ntotal {time.perf_counter() - t_all:.0f} s")
 
 

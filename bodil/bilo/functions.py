@@ -253,11 +253,17 @@ def function_trainer(problem: FunctionProblem, u_net, f_net, settings: BiLOSetti
         y = problem.data_values if y is None else L.check_values("function_trainer", "values", y, problem.data_points)
         return jnp.asarray(y, dtype)
 
+    def lower_level(W, V):  # L_LO at fixed function weights (eq. 16)
+        u_net, f_net = nets(W, V)
+        res = jnp.mean(residuals(u_net, f_net, problem) ** 2)
+        rgrad = residual_gradients(u_net, f_net, problem, method=settings.rgrad, eps=settings.fd_eps)
+        return res + settings.w_rgrad * jnp.mean(rgrad**2)
+
     step_jit = jax.jit(step)
     return Trainer(init, lambda state, y=None: step_jit(state, values(y)),
                    lambda state, n, y=None: run(state, values(y), int(n)),
                    lambda state: FunctionModel(*nets(state.params, state.p), problem.axes), problem, settings,
-                   jax.jit(monitor))
+                   jax.jit(monitor), lower_level if settings.method == "bilo" else None)
 
 
 def _make_step(problem: FunctionProblem, parts: _Parts, s: BiLOSettings, opt_w, opt_v):

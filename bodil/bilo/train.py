@@ -127,7 +127,9 @@ class Trainer(NamedTuple):
     ``run(state, n, values=None) -> (state, infos)`` (jitted); ``network(state)`` is the full network. ``values``
     replaces the problem's data values (same points): one compilation serves every noise realisation.
     ``monitor(state)`` is the vector ``problem.theta`` reads (``state.p`` when ``None``; the values of an
-    unknown function at its monitor points in ``bodil.bilo.functions``)."""
+    unknown function at its monitor points in ``bodil.bilo.functions``). ``lower(params, p)`` is BiLO's
+    lower-level loss ``L_LO`` of the weights at fixed upper-level variables (``None`` for the PINN), what
+    ``bodil.bilo.lower.solve_lower`` minimises."""
 
     init: Any
     step: Any
@@ -136,6 +138,7 @@ class Trainer(NamedTuple):
     problem: Any
     settings: BiLOSettings
     monitor: Any = None
+    lower: Any = None
 
 
 class BiLOResult(NamedTuple):
@@ -277,8 +280,13 @@ def trainer(problem: L.PointwiseProblem, net, settings: BiLOSettings = BiLOSetti
 
     params0_dtype = jax.tree_util.tree_leaves(params0)[0].dtype
     step_jit = jax.jit(step)
+    def lower_level(params, p):
+        return L.local_operator_loss(eqx.combine(params, rest), problem, p, s.w_rgrad, method=s.rgrad,
+                                     eps=s.fd_eps)[0]
+
     return Trainer(init, lambda state, values_=None: step_jit(state, values(values_)),
-                   lambda state, n, values_=None: run(state, values(values_), int(n)), network, problem, settings)
+                   lambda state, n, values_=None: run(state, values(values_), int(n)), network, problem, settings,
+                   lower=lower_level if bilo else None)
 
 
 # ---------------------------------------------------------------------------------------------- checkpoints
