@@ -206,7 +206,9 @@ def bayesian_bilo(problem: L.PointwiseProblem, net: LocalOperatorNet, params, si
             ``lower_start="anchor"`` and ``lower_tol=0`` each evaluation is a fixed number of L-BFGS iterations
             from the anchor, a deterministic function of ``theta``.
         optimizer: an ``optax`` transformation replacing the ``solver``'s (it receives ``value``, ``grad`` and
-            ``value_fn`` as extra arguments, as ``optax.lbfgs`` needs).
+            ``value_fn`` as extra arguments, as ``optax.lbfgs`` needs); with ``solver="lbfgs"`` its state is
+            restarted at every solve and holds the value and gradient (``optax.value_and_grad_from_state``), so
+            pass a line-search method there and a first-order one with ``solver="adam"``.
 
     Raises:
         ValueError: a network that ignores ``p`` or does not fit the problem, priors that do not match the
