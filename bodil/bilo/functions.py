@@ -263,7 +263,7 @@ def function_trainer(problem: FunctionProblem, u_net, f_net, settings: BiLOSetti
     return Trainer(init, lambda state, y=None: step_jit(state, values(y)),
                    lambda state, n, y=None: run(state, values(y), int(n)),
                    lambda state: FunctionModel(*nets(state.params, state.p), problem.axes), problem, settings,
-                   jax.jit(monitor), lower_level if settings.method == "bilo" else None)
+                   jax.jit(monitor), jax.jit(lower_level) if settings.method == "bilo" else None)
 
 
 def _make_step(problem: FunctionProblem, parts: _Parts, s: BiLOSettings, opt_w, opt_v):

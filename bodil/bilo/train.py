@@ -286,7 +286,7 @@ def trainer(problem: L.PointwiseProblem, net, settings: BiLOSettings = BiLOSetti
 
     return Trainer(init, lambda state, values_=None: step_jit(state, values(values_)),
                    lambda state, n, values_=None: run(state, values(values_), int(n)), network, problem, settings,
-                   lower=lower_level if bilo else None)
+                   lower=jax.jit(lower_level) if bilo else None)
 
 
 # ---------------------------------------------------------------------------------------------- checkpoints
