@@ -72,9 +72,6 @@ def main():
                     help="where each lower-level solve starts (BayesBiLOSettings.lower_start); one row set each")
     ap.add_argument("--solver", choices=["adam", "lbfgs"], default="adam",
                     help="the lower level's optimiser (bayesian_bilo(solver=...))")
-    ap.add_argument("--reanchor", action="store_true",
-                    help="with --lower-start anchor: move the anchor to the warmup's centre "
-                         "(BayesBiLOSettings.reanchor)")
     ap.add_argument("--lower-steps", type=int, nargs="+",
                     help="fixed numbers of lower-level steps per solve (lower_tol = 0), one row each, instead of "
                          "--tol-factors")
@@ -114,15 +111,12 @@ def main():
             idata = bayes.sample(sampler, (pre.state.params, start), kernel=kernel, num_samples=draws,
                                  num_warmup=args.warmup if kernel == "hmc" else 2 * args.warmup,
                                  num_steps=5, lower_tol=tol, lower_steps=max_steps,
-                                 init_steps=2000 if args.solver == "lbfgs" else 5000, seed=2, lower_start=start_mode,
-                                 reanchor=args.reanchor)
+                                 init_steps=2000 if args.solver == "lbfgs" else 5000, seed=2, lower_start=start_mode)
         ss = idata.sample_stats
         extra = dict(accept=float(ss.acceptance_rate.mean()), steps=float(ss.lower_steps.mean()),
                      missed=idata.attrs["lower_unconverged"], solves=idata.attrs["lower_solves"],
-                     lower_loss=float(np.mean(ss.lower_loss)), start_loss=idata.attrs["start_lower_loss"],
-                     anchor=tuple(round(idata.attrs[f"anchor_{k}"], 4) for k in NAMES))
+                     lower_loss=float(np.mean(ss.lower_loss)), start_loss=idata.attrs["start_lower_loss"])
         name = (f"B-BiLO {kernel.upper()}" + (", anchor" if start_mode == "anchor" else "")
-                + (", re-anchored" if args.reanchor and start_mode == "anchor" else "")
                 + (f", L-BFGS x {max_steps}" if args.solver == "lbfgs" else ""))
         rows.append((name, f"{tol:.2g}", summary(idata), time.perf_counter() - t, extra))
         print(rows[-1], flush=True)

@@ -177,18 +177,3 @@ def test_lbfgs_lower_level_goes_lower_than_adam_and_fixed_steps_are_never_missed
     ss = lbfgs.sample_stats
     assert lbfgs.attrs["lower_unconverged"] == 0 and bool(ss.lower_ok.all())
     assert np.all(ss.lower_steps.values == 2 * 5)
-
-
-def test_reanchor_moves_the_anchor_to_the_warmup_centre(case, net, lbfgs_sampler):
-    """``reanchor=True`` with anchor solves: after the warmup the anchor is the solution at the centre of its last
-    half (one more solve, counted), away from the start and within the prior's bulk. Without anchor solves it does
-    nothing."""
-    common = dict(kernel="hmc", num_samples=3, num_warmup=20, adapt=False, step_size=0.05, num_steps=2,
-                  lower_tol=0.0, lower_steps=5, init_steps=300, chunk=CHUNK, seed=0)
-    idata = bayes.sample(lbfgs_sampler, (net, case.truth), lower_start="anchor", reanchor=True, **common)
-    assert idata.attrs["lower_solves"] == 1 + 1 + 23 * 2
-    centre = np.array([idata.attrs["anchor_D"], idata.attrs["anchor_rho"]])
-    truth = np.array([case.truth["D"], case.truth["rho"]])
-    assert np.all(np.abs(np.log(centre / truth)) > 1e-4) and np.all(np.abs(np.log(centre / truth)) < 1.0)
-    warm = bayes.sample(lbfgs_sampler, (net, case.truth), lower_start="warm", reanchor=True, **common)
-    assert warm.attrs["lower_solves"] == 1 + 23 * 2 and warm.attrs["anchor_D"] == pytest.approx(case.truth["D"])

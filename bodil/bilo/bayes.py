@@ -86,12 +86,7 @@ class BayesBiLOSettings:
         lower_start: where each solve starts: ``"warm"``, the previous position's weights and Adam moments (the
             authors'), or ``"anchor"``, the starting point's solution with a fresh Adam state (a target that does
             not depend on the chain's path; module docstring).
-        init_steps: the most optimiser steps of the first solve, at the starting point (and of the re-anchoring
-            solve).
-        reanchor: with ``lower_start="anchor"`` and a warmup: at its end, move the anchor to the lower-level solution
-            at the mean (in unconstrained coordinates) of the warmup's last half, solved from the old anchor with
-            ``init_steps`` steps; the kept draws then target the posterior of solves started there, nearer the
-            bulk of the posterior than the starting point (fewer ``lower_steps`` for the same accuracy).
+        init_steps: the most Adam steps of the first solve, at the starting point.
         chunk: draws per compiled chunk (progress is shown between chunks).
     """
 
@@ -107,7 +102,6 @@ class BayesBiLOSettings:
     lower_steps: int = 100
     lower_start: str = "warm"
     init_steps: int = 5000
-    reanchor: bool = False
     chunk: int = 50
 
     def __post_init__(self):
@@ -372,8 +366,7 @@ def sample(sampler: BayesianBiLO, init, settings: BayesBiLOSettings | None = Non
         ``lower_loss`` and ``lower_ok`` (the kept state's lower level), ``lower_steps`` (Adam steps of the
         proposal) and ``lower_unconverged`` (its solves that missed ``lower_tol``); ``attrs`` the settings, the
         adapted ``step_size_adapted`` and ``inverse_mass``, ``lower_unconverged`` (all solves, warmup included),
-        ``lower_solves``, ``anchor_<name>`` (the parameters where anchor solves start: the starting point, or the
-        centre chosen by ``reanchor``), ``wall_time`` (compilation included) and ``seed`` when it was an integer.
+        ``lower_solves``, ``wall_time`` (compilation included) and ``seed`` when it was an integer.
 
     Raises:
         ValueError: bad settings, weights of another network, ``log pi`` not finite at the start.
@@ -404,25 +397,19 @@ def sample(sampler: BayesianBiLO, init, settings: BayesBiLOSettings | None = Non
     with as_meter(progress).session(f"bayesian bilo ({s.kernel})", total=s.num_warmup + s.num_samples,
                                     unit="draw") as bar:
         carry, warm = _warmup(sampler, s, carry, keys[:3], bar)
-        anchor, anchor_ok = theta, True
-        if s.reanchor and s.lower_start == "anchor" and s.num_warmup:
-            carry, anchor, anchor_ok = _reanchor(sampler, s, carry,
-                                                 np.concatenate([o[0] for o in warm])[s.num_warmup // 2:])
         carry, (positions, stats) = _advance(sampler, s, carry, s.num_samples, False, keys[3], bar)
-    missed = {"init": int(not start[0]) + int(not anchor_ok),
-              "warmup": int(sum(np.sum(o[1]["lower_unconverged"]) for o in warm)),
+    missed = {"init": int(not start[0]), "warmup": int(sum(np.sum(o[1]["lower_unconverged"]) for o in warm)),
               "sampling": int(np.sum(stats["lower_unconverged"]))}
-    solves = 1 + (anchor is not theta) + (s.num_warmup + s.num_samples) * s.steps
+    solves = 1 + (s.num_warmup + s.num_samples) * s.steps
     if sum(missed.values()):
         warnings.warn(f"bayes.sample: the lower level missed lower_tol = {s.lower_tol:g} at {sum(missed.values())} of "
-                      f"{solves} solves (first and re-anchoring solves {missed['init']}, warmup {missed['warmup']}, "
-                      f"sampling {missed['sampling']}; per draw in sample_stats.lower_unconverged); there the data fit "
-                      f"is that of a network off its local operator. Raise lower_steps (or init_steps) or lower_tol.",
+                      f"{solves} solves (first solve {missed['init']}, warmup {missed['warmup']}, sampling "
+                      f"{missed['sampling']}; per draw in sample_stats.lower_unconverged); there the data fit is that "
+                      f"of a network off its local operator. Raise lower_steps (or init_steps) or lower_tol.",
                       stacklevel=2)
     kp = carry[1]
     attrs = {k: (int(v) if isinstance(v, bool) else v) for k, v in dataclasses.asdict(s).items() if v is not None}
     attrs.update(target_accept=s.target, num_steps=s.steps, step_size_adapted=float(kp.step_size),
-                 **{f"anchor_{k}": float(v) for k, v in anchor.items()},
                  inverse_mass=[float(v) for v in kp.inverse_mass],
                  lower_unconverged=sum(missed.values()), lower_unconverged_warmup=missed["warmup"],
                  lower_solves=solves, start_lower_loss=start[1], wall_time=time.perf_counter() - t0)
@@ -443,21 +430,6 @@ def _advance(sampler, s, carry, n, adapting, key, bar):
         bar.step(m, accept=float(np.mean(outs[-1][1]["acceptance_rate"])),
                  lower=float(np.max(outs[-1][1]["lower_loss"])))
     return carry, jax.tree_util.tree_map(lambda *a: np.concatenate(a), *outs) if outs else None
-
-
-def _reanchor(sampler, s, carry, positions):
-    """The anchor moved to the solution at the mean of ``positions`` (``BayesBiLOSettings.reanchor``), and the
-    current state's ``log pi`` re-evaluated for the new target (a zero-size step from ``log pi = -inf``, always
-    accepted: the solve from the new anchor at the same position)."""
-    state, kp, da = carry
-    center = {k: float(v) for k, v in sampler.constrain(jnp.asarray(positions.mean(axis=0))).items()}
-    solved = sampler.init(kp.anchor, center, kp._replace(lower_steps=jnp.asarray(s.init_steps)), s.chunk)
-    new_kp = kp._replace(anchor=solved.params)
-    probe = state._replace(logdensity=jnp.asarray(-jnp.inf, state.logdensity.dtype))
-    keys = jax.random.split(jax.random.key(0), s.chunk)
-    once = new_kp._replace(step_size=jnp.zeros_like(kp.step_size), num_steps=jnp.ones_like(kp.num_steps))
-    (state, _, _), _ = sampler.run(probe, once, da, keys, 1, False, jnp.asarray(s.target, kp.step_size.dtype))
-    return (state, new_kp, da), center, bool(solved.lower_ok)
 
 
 def _warmup(sampler, s, carry, keys, bar):
