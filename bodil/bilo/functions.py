@@ -154,6 +154,15 @@ def residual_gradients(u_net, f_net, problem: FunctionProblem, *, method: str = 
     return jax.jvp(lambda d: residuals(u_net, f_net, problem, d), (zero,), (jnp.ones_like(zero),))[1]
 
 
+def local_operator_loss(u_net, f_net, problem: FunctionProblem, w_rgrad: float, *, method: str = "autodiff",
+                        eps: float = 1e-3):
+    """``L_LO = L_res + w_rgrad L_rgrad`` with the auxiliary variable (eq. 13-14, 16); returns
+    ``(L_LO, (L_res, L_rgrad))``."""
+    res = jnp.mean(residuals(u_net, f_net, problem) ** 2)
+    rgrad = jnp.mean(residual_gradients(u_net, f_net, problem, method=method, eps=eps) ** 2)
+    return res + w_rgrad * rgrad, (res, rgrad)
+
+
 def regulariser(f_net, problem: FunctionProblem):
     """``L_reg`` (eq. 12): mean squared gradient norm (``"h1"``) or mean l1 gradient norm (``"tv"``) of ``f``."""
     _, f = composite(None, f_net, problem.axes)
@@ -254,10 +263,8 @@ def function_trainer(problem: FunctionProblem, u_net, f_net, settings: BiLOSetti
         return jnp.asarray(y, dtype)
 
     def lower_level(W, V):  # L_LO at fixed function weights (eq. 16)
-        u_net, f_net = nets(W, V)
-        res = jnp.mean(residuals(u_net, f_net, problem) ** 2)
-        rgrad = residual_gradients(u_net, f_net, problem, method=settings.rgrad, eps=settings.fd_eps)
-        return res + settings.w_rgrad * jnp.mean(rgrad**2)
+        return local_operator_loss(*nets(W, V), problem, settings.w_rgrad, method=settings.rgrad,
+                                   eps=settings.fd_eps)[0]
 
     step_jit = jax.jit(step)
     return Trainer(init, lambda state, y=None: step_jit(state, values(y)),
@@ -279,11 +286,10 @@ def _make_step(problem: FunctionProblem, parts: _Parts, s: BiLOSettings, opt_w, 
 
     def lower(W, V, pre, y):
         u_net, f_net = nets(W, V)
-        res = jnp.mean(residuals(u_net, f_net, problem) ** 2)
         if bilo:
-            rgrad = jnp.mean(residual_gradients(u_net, f_net, problem, method=s.rgrad, eps=s.fd_eps) ** 2)
-            loss = res + s.w_rgrad * rgrad
+            loss, (res, rgrad) = local_operator_loss(u_net, f_net, problem, s.w_rgrad, method=s.rgrad, eps=s.fd_eps)
         else:
+            res = jnp.mean(residuals(u_net, f_net, problem) ** 2)
             rgrad = jnp.zeros((), res.dtype)
             loss = res + jnp.where(pre, 0.0, s.w_data) * data_loss(u_net, f_net, problem, y)
         if parts.reference is not None:

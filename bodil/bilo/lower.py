@@ -16,6 +16,7 @@ physics-informed training; ``optax.lbfgs`` already does it (``benchmarks/bilo.py
 
 from __future__ import annotations
 
+import functools
 import time
 import warnings
 
@@ -62,9 +63,9 @@ def solve_lower(tr: Trainer, result: BiLOResult, iterations: int, *, tol: float 
     chunk = integer("solve_lower", "chunk", chunk, 1)
     tol = positive("solve_lower", "tol", tol, allow_zero=True)
     state = result.state
-    run = _chunk_runner(tr.lower, chunk)
+    solver, run = _chunk_runner(tr.lower, chunk)
     W, p = state.params, state.p
-    opt = optax.lbfgs().init(W)
+    opt = solver.init(W)
     dtype = jax.tree_util.tree_leaves(W)[0].dtype
     losses, done, t0 = [], 0, time.perf_counter()
     meter = as_meter(progress)
@@ -100,8 +101,10 @@ def solve_lower(tr: Trainer, result: BiLOResult, iterations: int, *, tol: float 
     return BiLOResult(new_state, tr.network(new_state), result.theta, history, time.perf_counter() - t0, missed)
 
 
+@functools.lru_cache(maxsize=8)
 def _chunk_runner(lower, chunk: int):
-    """The compiled chunk: up to ``n <= chunk`` L-BFGS iterations on ``lower(W, p)``, frozen once ``<= tol``."""
+    """``(solver, run)``: L-BFGS and its compiled chunk, up to ``n <= chunk`` iterations on ``lower(W, p)``,
+    frozen once ``<= tol``; cached per trainer and chunk size, so that repeated calls compile once."""
     solver = optax.lbfgs()
 
     @jax.jit
@@ -123,4 +126,4 @@ def _chunk_runner(lower, chunk: int):
         (W, opt), values = jax.lax.scan(body, (W, opt), jnp.arange(chunk))
         return W, opt, values
 
-    return run
+    return solver, run
