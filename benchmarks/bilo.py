@@ -32,6 +32,8 @@ parameters (and of its core), the segmentation data loss).
 
     .venv/bin/python benchmarks/bilo.py --case darcy
     .venv/bin/python benchmarks/bilo.py --case gbm
+    .venv/bin/python benchmarks/bilo.py --case gbm --no-odil --transform logistic --seed-features --w-reference 100 \
+        --pre-steps 4000 --polish 1000      # the logistic transform and the seed's distance as an input
 """
 
 from __future__ import annotations
@@ -216,19 +218,31 @@ GBM_COLUMNS = (("theta", "(D, rho)"), ("err_D", "rel err D"), ("err_rho", "rel e
 
 
 def gbm_neural_row(case, method, args, w=1.0):
-    """Pre-training at theta_0 (timed apart) and the inverse solve of one network."""
-    net = local_operator_net(0, 3, 2, width=args.width, depth=args.depth,
-                             transform=cases_gbm.make_transform(case.settings["seed_width"]),
+    """Pre-training at theta_0 (timed apart) and the inverse solve of one network; for BiLO with ``--polish``, a
+    second row with its lower level then solved by L-BFGS at the inferred parameters."""
+    features = cases_gbm.seed_features if args.seed_features else None
+    net = local_operator_net(0, 3, 2, width=args.width, depth=args.depth, features=features,
+                             transform=cases_gbm.make_transform(case.settings["seed_width"], args.transform),
                              uses_params=method == "bilo", dtype=jnp.dtype(args.dtype))
     settings = BiLOSettings(method=method, w_data=w, chunk=args.chunk, lr_theta=args.lr_theta,
-                            log_params=args.log_params)
+                            log_params=args.log_params, w_reference=args.w_reference)
     tr = trainer(case.problem, net, settings, reference=case.pretrain)
     pre = fit(tr, tr.init(case.theta0, pretrain=True), args.pre_steps)
+    field = cases_gbm.network_field(pre.net, case, pre.state.p)
+    err0 = cases_gbm.metrics(case, case.theta0, field)["err_u"]
     print(f"pre-training {method} w={w:g}: {pre.wall_time:.1f} s (compilation included), final L_res "
-          f"{pre.history['residual'][-1]:.2e}", flush=True)
+          f"{pre.history['residual'][-1]:.2e}, network {err0:.2e} from the reference solve at theta_0", flush=True)
     res = fit(tr, tr.init(case.theta0, params=pre.state.params), args.steps)
     field = cases_gbm.network_field(res.net, case, res.state.p)
-    return res.theta, cases_gbm.metrics(case, res.theta, field), res.wall_time
+    rows = {"": (res.theta, cases_gbm.metrics(case, res.theta, field), res.wall_time)}
+    if method == "bilo" and args.polish:
+        out = solve_lower(tr, res, args.polish, chunk=args.chunk)
+        print(f"  lower level by L-BFGS: L_LO {float(tr.lower(res.state.params, res.state.p)):.2e} -> "
+              f"{float(out.history['final']):.2e} in {out.wall_time:.0f} s", flush=True)
+        field = cases_gbm.network_field(out.net, case, out.state.p)
+        rows[f", then L-BFGS x {args.polish}"] = (out.theta, cases_gbm.metrics(case, out.theta, field),
+                                                  res.wall_time + out.wall_time)
+    return rows
 
 
 def gbm_odil_row(case, beta, args):
@@ -246,15 +260,18 @@ def gbm_odil_row(case, beta, args):
 def gbm_main(args):
     if args.quick:
         args.n_res, args.width, args.pre_steps, args.steps, args.pinn_w, args.n_t = 512, 16, 200, 200, [1.0], 11
-    case = cases_gbm.glioblastoma(n=args.n_space, n_t=args.n_t, n_res=args.n_res)
+    case = cases_gbm.glioblastoma(n=args.n_space, n_t=args.n_t, n_res=args.n_res, refine=args.refine)
     print(f"gbm: truth {case.truth}, theta_0 {case.theta0}, grid {case.grid.shape}, residual points "
           f"{case.problem.collocation.shape[0]}, data {case.problem.data_points.shape[0]} (tissue nodes x 2 "
           f"thresholds); network {args.depth} x {args.width} tanh ({args.dtype}), Adam lr_net 1e-3, lr_theta "
-          f"{args.lr_theta:g}; pre-training {args.pre_steps}, inverse {args.steps} steps\n", flush=True)
+          f"{args.lr_theta:g}; output transform {args.transform}, seed features {args.seed_features}, reference "
+          f"weight {args.w_reference:g}; pre-training {args.pre_steps}, inverse {args.steps} steps; reference solve on "
+          f"the nodes refined {args.refine} times\n", flush=True)
     rows = {} if args.no_odil else {f"ODIL beta={b:g}": gbm_odil_row(case, b, args) for b in args.odil_beta}
     if not args.only_odil:
-        rows["BiLO"] = gbm_neural_row(case, "bilo", args)
-        rows.update({f"PINN w={w:g}": gbm_neural_row(case, "pinn", args, w) for w in args.pinn_w})
+        rows.update({f"BiLO{tail}": row for tail, row in gbm_neural_row(case, "bilo", args).items()})
+        for w in args.pinn_w:
+            rows.update({f"PINN w={w:g}{tail}": row for tail, row in gbm_neural_row(case, "pinn", args, w).items()})
     print("\n| method | " + " | ".join(label for _, label in GBM_COLUMNS) + " |")
     print("|---|" + "---|" * len(GBM_COLUMNS))
     for name, (theta, m, wall) in rows.items():
@@ -313,6 +330,14 @@ def main():
     ap.add_argument("--n-space", type=int, help="gbm: space nodes per axis of the slice")
     ap.add_argument("--n-t", type=int, help="gbm: time nodes (evaluation and ODIL grid)")
     ap.add_argument("--odil-iter", type=int, help="gbm: most Gauss-Newton iterations of ODIL")
+    ap.add_argument("--transform", choices=cases_gbm.TRANSFORMS, default="additive",
+                    help="gbm: the networks' output transform (cases_gbm.make_transform)")
+    ap.add_argument("--seed-features", action="store_true",
+                    help="gbm: the squared distance from the seed as an extra input (cases_gbm.seed_features)")
+    ap.add_argument("--w-reference", type=float, default=1.0,
+                    help="weight of the pre-training fit to the reference solve (BiLOSettings.w_reference)")
+    ap.add_argument("--refine", type=int, default=2,
+                    help="gbm: refinement of the reference solver's nodes (truth and err u)")
     args = ap.parse_args()
     for key, value in CASE_DEFAULTS[args.case].items():
         if getattr(args, key) is None:

@@ -182,3 +182,44 @@ def test_gbm_network_data_loss_uses_the_link(gbm_case):
         return jnp.asarray(field)[i[0], i[1]] + 0 * p[0]
 
     np.testing.assert_allclose(L.data_loss(net, c.problem, jnp.ones(2)), G.data_loss(c, field), rtol=1e-6)
+
+
+def test_gbm_transforms_are_exact_at_t0_and_the_logistic_stays_in_0_1():
+    """Both output transforms give u(x, 0) for any network output; the logistic one stays in (0, 1), and its logit
+    of the seed is finite (float32) where the seed itself underflows, at the corners of the box."""
+    sw = 3.0 / 64.0
+    xy = jnp.asarray(Dc.node_points(9), jnp.float32)
+    u0 = np.asarray(G.initial_profile(xy, sw))
+    for kind in G.TRANSFORMS:
+        tf = G.make_transform(sw, kind)
+        at0 = jax.vmap(lambda p: tf(jnp.concatenate([jnp.zeros(1, p.dtype), p]), jnp.float32(-7.0)))(xy)
+        np.testing.assert_allclose(at0, u0, rtol=1e-5, atol=1e-30)
+    logistic = G.make_transform(sw, "logistic")
+    later = jax.vmap(lambda p, r: logistic(jnp.concatenate([jnp.ones(1, p.dtype), p]), r))(
+        xy, jnp.linspace(-300.0, 300.0, xy.shape[0], dtype=jnp.float32))
+    assert np.all((np.asarray(later) >= 0) & (np.asarray(later) <= 1))
+    corner = np.asarray(G.initial_logit(jnp.zeros(2, jnp.float32), sw))
+    np.testing.assert_allclose(corner, np.log(0.1) - 0.5 * 0.5 / sw**2, rtol=1e-6)
+    with pytest.raises(ValueError, match="unknown kind"):
+        G.make_transform(sw, "exponential")
+
+
+def test_network_features_feed_the_first_layer():
+    """features=phi: the first layer sees phi(z) (n_coords is z's length), and u's z-derivatives, which the
+    residual takes, are those of the composition (against central differences)."""
+    from bodil.bilo import local_operator_net
+    from bodil.bilo.network import InputFeatures
+
+    net = local_operator_net(0, 3, 2, width=8, depth=2, features=G.seed_features, dtype=jnp.float64)
+    assert net.n_coords == 3 and net.first.weight.shape[1] == 4
+    z, p = jnp.array([0.3, 0.2, 0.7]), jnp.array([0.5, -0.2])
+    h = jnp.tanh(net.first(G.seed_features(z)) + net.embedding @ p)
+    for layer in net.hidden:
+        h = jnp.tanh(layer(h))
+    np.testing.assert_allclose(net(z, p), net.out(h)[0], rtol=1e-12)
+    grad = jax.grad(net)(z, p)
+    eps = 1e-6
+    fd = [(net(z + eps * e, p) - net(z - eps * e, p)) / (2 * eps) for e in jnp.eye(3)]
+    np.testing.assert_allclose(grad, fd, rtol=1e-6)
+    with pytest.raises(ValueError, match="features take 3"):
+        local_operator_net(0, 2, 2, features=InputFeatures(G.seed_features, 3))

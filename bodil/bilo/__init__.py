@@ -16,10 +16,10 @@ from .bayes import BayesBiLOSettings, bayesian_bilo
 from .functions import FunctionModel, FunctionProblem, function_trainer
 from .losses import PointwiseProblem
 from .lower import solve_lower
-from .network import LocalOperatorNet, local_operator_net
+from .network import InputFeatures, LocalOperatorNet, local_operator_net
 from .train import BiLOResult, BiLOSettings, BiLOState, DivergenceError, fit, trainer
 
 __all__ = ["BayesBiLOSettings", "BiLOResult", "BiLOSettings", "BiLOState", "DivergenceError", "FunctionModel",
-           "FunctionProblem", "LocalOperatorNet", "PointwiseProblem", "bayes", "bayesian_bilo", "cases", "cases_darcy",
-           "cases_gbm", "cases_heat", "cases_poisson", "fit", "function_trainer", "functions", "local_operator_net",
-           "losses", "lower", "network", "solve_lower", "train", "trainer"]
+           "FunctionProblem", "InputFeatures", "LocalOperatorNet", "PointwiseProblem", "bayes", "bayesian_bilo",
+           "cases", "cases_darcy", "cases_gbm", "cases_heat", "cases_poisson", "fit", "function_trainer", "functions",
+           "local_operator_net", "losses", "lower", "network", "solve_lower", "train", "trainer"]

@@ -23,8 +23,10 @@ Data loss (the authors' segmentation loss): with the smooth threshold ``H_k(u) =
     L_dat = (1 / 2) sum_k mean_j (H_k(u(x_j, 1)) - seg_k(x_j))^2 / mean_j seg_k(x_j)^2,
 
 written as a ``PointwiseProblem`` with ``link``: the tissue nodes appear twice among the data points, once per
-threshold. Networks: ``u = u(x, 0) + t u_raw`` (exact initial values, the authors' transform). The residual is
-evaluated at ``n_res`` space-time nodes of ``grid`` drawn once (in tissue, ``seed``).
+threshold. Networks: ``u = u(x, 0) + t u_raw`` (exact initial values, the authors' transform), or
+``u = S(logit u(x, 0) + t u_raw)`` with the squared distance from the seed as an extra input (``make_transform``,
+``seed_features``), which a small network on a CPU can fit. The residual is evaluated at ``n_res`` space-time
+nodes of ``grid`` drawn once (in tissue, ``seed``).
 
 ODIL (``odil_posterior``): bodil's Crank-Nicolson residual (``bodil.residuals.reaction_diffusion``) on ``grid``, the
 initial values as a second block, and the same data loss as a Gaussian block on the linked values.
@@ -53,6 +55,7 @@ from .cases_darcy import node_points, to_eval
 
 SHARPNESS = 20.0
 AMPLITUDE = 0.1
+TRANSFORMS = ("additive", "logistic")
 
 
 def brain_slice(anatomy=None, *, n: int = 32, side_mm: float = 64.0, origin=None) -> dict:
@@ -115,11 +118,36 @@ def make_operator(mob):
     return operator
 
 
-def make_transform(seed_width: float):
-    """The network's output transform ``u = u(x, 0) + t u_raw``."""
-    def transform(z, raw):
-        return initial_profile(z[1:], seed_width) + z[0] * raw
+def initial_logit(xy, seed_width: float):
+    """``logit u(x, 0) = log 0.1 - |x - c|^2 / (2 s^2) - log(1 - u(x, 0))``, written so that it stays finite where
+    ``u(x, 0)`` underflows."""
+    xy = jnp.asarray(xy)
+    r2 = jnp.sum((xy - 0.5) ** 2, axis=-1)
+    log_u0 = jnp.log(jnp.asarray(AMPLITUDE, xy.dtype)) - 0.5 * r2 / seed_width**2
+    return log_u0 - jnp.log1p(-initial_profile(xy, seed_width))
+
+
+def make_transform(seed_width: float, kind: str = "additive"):
+    """The network's output transform, exact at ``t = 0``: ``"additive"``, ``u = u(x, 0) + t u_raw`` (the
+    authors'), or ``"logistic"``, ``u = S(logit u(x, 0) + t u_raw)`` (``S`` the logistic function): ``u`` stays in
+    ``(0, 1)`` and the front, a steep sigmoid in ``u``, is a smooth slope in ``u_raw``."""
+    from .._checks import choice
+
+    choice("make_transform", "kind", kind, TRANSFORMS)
+    if kind == "additive":
+        def transform(z, raw):
+            return initial_profile(z[1:], seed_width) + z[0] * raw
+    else:
+        def transform(z, raw):
+            return jax.nn.sigmoid(initial_logit(z[1:], seed_width) + z[0] * raw)
     return transform
+
+
+def seed_features(z):
+    """Input features ``(t, x, y, 4 |x - c|^2)`` (``bodil.bilo.local_operator_net(features=...)``): the squared
+    distance from the seed's centre ``c`` (known, it is the initial condition's), scaled to ``[0, 2]``, lets a
+    small network draw a front that spreads from the seed."""
+    return jnp.concatenate([z, 4.0 * jnp.sum((z[1:] - 0.5) ** 2, keepdims=True)])
 
 
 def smooth_threshold(u, tau):

@@ -196,10 +196,10 @@ def _check_networks(problem, u_net, f_net, settings):
     if settings.method == "bilo" and not (u_net.uses_params and u_net.embedding.shape[1] == 1):
         raise ValueError("function_trainer: BiLO needs a local operator that sees one auxiliary variable "
                          "(local_operator_net(seed, n_coords, 1, uses_params=True)).")
-    if u_net.first.weight.shape[1] != problem.collocation.shape[1]:
-        raise ValueError(f"function_trainer: the local operator takes {u_net.first.weight.shape[1]} coordinate(s), "
+    if u_net.n_coords != problem.collocation.shape[1]:
+        raise ValueError(f"function_trainer: the local operator takes {u_net.n_coords} coordinate(s), "
                          f"the problem's points have {problem.collocation.shape[1]}.")
-    if f_net.first.weight.shape[1] != len(problem.axes) or f_net.uses_params:
+    if f_net.n_coords != len(problem.axes) or f_net.uses_params:
         raise ValueError(f"function_trainer: the function network must take the {len(problem.axes)} coordinate(s) "
                          f"{problem.axes} and no parameters (local_operator_net(seed, {len(problem.axes)}, 0, "
                          f"uses_params=False)).")
@@ -293,8 +293,8 @@ def _make_step(problem: FunctionProblem, parts: _Parts, s: BiLOSettings, opt_w, 
             rgrad = jnp.zeros((), res.dtype)
             loss = res + jnp.where(pre, 0.0, s.w_data) * data_loss(u_net, f_net, problem, y)
         if parts.reference is not None:
-            loss = loss + jnp.where(pre, 1.0, 0.0) * data_loss(u_net, f_net, problem, parts.reference[1],
-                                                               parts.reference[0])
+            fit = data_loss(u_net, f_net, problem, parts.reference[1], parts.reference[0])
+            loss = loss + jnp.where(pre, s.w_reference, 0.0) * fit
         return loss, (res, rgrad)
 
     def upper(V, W, pre, y):

@@ -12,6 +12,10 @@ learning how the solution moves with ``p``. Fully connected ``tanh`` layers foll
 ``u_raw`` and an optional output transform ``u = transform(z, u_raw)`` (or ``transform(z, u_raw, p)``) that
 imposes initial and boundary conditions exactly (appendix D.1: ``u = u_0(x) + u_raw x (1 - x) t``).
 
+Optional input features replace ``z`` in the first layer by ``phi(z)`` (``features``; for example ``z`` and the
+squared distance from a known seed, for a solution that spreads from it): a smooth ``phi`` keeps the residual's
+derivatives, which are taken with respect to ``z`` through it.
+
 With ``uses_params=False`` the same network ignores ``p``: that is the PINN of the comparison (eq. 11),
 trained through the same code path.
 """
@@ -44,9 +48,15 @@ class LocalOperatorNet(eqx.Module):
     transform: Callable = eqx.field(static=True)
     uses_params: bool = eqx.field(static=True)
     transform_params: bool = eqx.field(static=True, default=False)
+    features: Callable | None = eqx.field(static=True, default=None)
+
+    @property
+    def n_coords(self) -> int:
+        """Number of coordinates ``z`` the network is called with."""
+        return self.first.weight.shape[1] if self.features is None else self.features.n_coords
 
     def __call__(self, z, p):
-        h = self.first(z)
+        h = self.first(z if self.features is None else self.features(z))
         if self.uses_params:
             # stop_gradient on the matrix only: d u / d p still flows, d loss / d W_p is zero.
             h = h + jax.lax.stop_gradient(self.embedding) @ p
@@ -59,7 +69,7 @@ class LocalOperatorNet(eqx.Module):
 
 def local_operator_net(seed, n_coords: int, n_params: int, *, width: int = 128, depth: int = 2,
                        transform: Callable | None = None, uses_params: bool = True, transform_params: bool = False,
-                       dtype=None) -> LocalOperatorNet:
+                       features: Callable | None = None, dtype=None) -> LocalOperatorNet:
     """A ``LocalOperatorNet`` with ``depth`` hidden layers of ``width`` units (Zhang et al., appendix D: 2 x 128).
 
     Args:
@@ -72,6 +82,8 @@ def local_operator_net(seed, n_coords: int, n_params: int, *, width: int = 128, 
         uses_params: ``False`` for the PINN baseline (the network does not see ``p``).
         transform_params: call ``transform(z, u_raw, p)`` instead (an output transform that uses the
             parameters, e.g. ``u = u_raw x (1 - x) t + a`` with the auxiliary variable ``a``; ``bodil.bilo.functions``).
+        features: a smooth map ``phi(z)`` of the coordinates fed to the first layer instead of ``z``; wrapped in
+            ``InputFeatures`` (hashable, it is a static field), which records ``n_coords``.
         dtype: floating dtype of the weights (default: JAX's default float).
 
     Returns:
@@ -86,17 +98,42 @@ def local_operator_net(seed, n_coords: int, n_params: int, *, width: int = 128, 
     if transform_params and transform is None:
         raise ValueError("local_operator_net: transform_params=True needs a transform(z, u_raw, p).")
     dtype = jnp.zeros(()).dtype if dtype is None else dtype
+    n_in = n_coords
+    if features is not None:
+        features = features if isinstance(features, InputFeatures) else InputFeatures(features, n_coords)
+        if features.n_coords != n_coords:
+            raise ValueError(f"local_operator_net: the features take {features.n_coords} coordinate(s), the network "
+                             f"{n_coords}.")
+        n_in = features.n_features(dtype)
     k_first, k_emb, k_hidden, k_out = jax.random.split(as_key("local_operator_net", seed), 4)
-    first = eqx.nn.Linear(n_coords, width, key=k_first, dtype=dtype)
-    bound = 1.0 / math.sqrt(n_coords + n_params)
+    first = eqx.nn.Linear(n_in, width, key=k_first, dtype=dtype)
+    bound = 1.0 / math.sqrt(n_in + n_params)
     first = eqx.tree_at(lambda m: (m.weight, m.bias), first,
-                        (jax.random.uniform(k_first, (width, n_coords), dtype, -bound, bound),
+                        (jax.random.uniform(k_first, (width, n_in), dtype, -bound, bound),
                          jax.random.uniform(jax.random.fold_in(k_first, 1), (width,), dtype, -bound, bound)))
     embedding = jax.random.uniform(k_emb, (width, n_params), dtype, -bound, bound)
     hidden = tuple(eqx.nn.Linear(width, width, key=k, dtype=dtype) for k in jax.random.split(k_hidden, depth - 1))
     out = eqx.nn.Linear(width, 1, key=k_out, dtype=dtype)
     return LocalOperatorNet(first, embedding, hidden, out, transform or _identity_transform, bool(uses_params),
-                            bool(transform_params))
+                            bool(transform_params), features)
+
+
+class InputFeatures:
+    """A feature map ``phi(z)`` of ``n_coords`` coordinates for ``local_operator_net(features=...)``; compared by
+    identity (a static field of the network)."""
+
+    def __init__(self, phi: Callable, n_coords: int):
+        self.phi, self.n_coords = phi, int(n_coords)
+
+    def __call__(self, z):
+        return self.phi(z)
+
+    def n_features(self, dtype) -> int:
+        """Length of ``phi(z)`` (checked to be a vector)."""
+        out = jax.eval_shape(self.phi, jax.ShapeDtypeStruct((self.n_coords,), dtype))
+        if len(out.shape) != 1:
+            raise ValueError(f"InputFeatures: phi(z) must be a vector, got shape {out.shape}.")
+        return int(out.shape[0])
 
 
 def trainable_filter(net: LocalOperatorNet):

@@ -11,7 +11,9 @@ weights ``W`` and scaled parameters ``p`` (``bodil.bilo.losses``), one step of
 
 Pre-training (``init(p0, pretrain=True)``) keeps ``p = p_0`` and minimises the lower-level loss (the PINN: the
 residual loss) plus, when a numerical solution at ``theta_0`` is given (``reference=(points, values)``), its mean
-squared misfit (sec. 2.1, "Pre-train and Fine-tune"). The phase is a flag of the state, not of the compiled
+squared misfit times ``w_reference`` (sec. 2.1, "Pre-train and Fine-tune"; a solution that is small on most
+points, like a tumour in a brain slice, needs a larger weight than 1 for the fit to count against the residual's
+trivial solution). The phase is a flag of the state, not of the compiled
 function: one compilation serves pre-training and fine-tuning.
 
 ``fit`` runs compiled chunks of ``settings.chunk`` steps, reports progress through ``bodil.progress``, stops
@@ -66,6 +68,7 @@ class BiLOSettings:
         inner_tol: the lower-level tolerance those steps aim at.
         chunk: steps per compiled chunk (progress, divergence checks and checkpoints happen between chunks).
         explode: ``DivergenceError`` when the trained loss exceeds ``explode * max(first loss, 1e-3)``.
+        w_reference: weight of the misfit to the numerical solution during pre-training.
         log_params: Adam moves ``log p`` instead of ``p`` (gradient ``p * dL/dp``), so the parameters stay
             positive (a diffusion coefficient or a growth rate never crosses zero) and ``lr_theta`` is a relative
             step; the starting ``p`` must be positive.
@@ -83,12 +86,13 @@ class BiLOSettings:
     chunk: int = 100
     explode: float = 1e6
     log_params: bool = False
+    w_reference: float = 1.0
 
     def __post_init__(self):
         where = "BiLOSettings"
         choice(where, "method", self.method, METHODS)
         choice(where, "rgrad", self.rgrad, ("autodiff", "fd"))
-        for name in ("lr_net", "lr_theta", "fd_eps", "explode", "w_data"):
+        for name in ("lr_net", "lr_theta", "fd_eps", "explode", "w_data", "w_reference"):
             positive(where, name, getattr(self, name))
         positive(where, "w_rgrad", self.w_rgrad, allow_zero=True)
         positive(where, "inner_tol", self.inner_tol, allow_zero=True)
@@ -179,8 +183,8 @@ def trainer(problem: L.PointwiseProblem, net, settings: BiLOSettings = BiLOSetti
     if net.uses_params and net.embedding.shape[1] != len(problem.names):
         raise ValueError(f"trainer: the network embeds {net.embedding.shape[1]} parameter(s), the problem has "
                          f"{len(problem.names)} {problem.names}; build it with n_params={len(problem.names)}.")
-    if net.first.weight.shape[1] != problem.collocation.shape[1]:
-        raise ValueError(f"trainer: the network takes {net.first.weight.shape[1]} coordinate(s), the problem's "
+    if net.n_coords != problem.collocation.shape[1]:
+        raise ValueError(f"trainer: the network takes {net.n_coords} coordinate(s), the problem's "
                          f"points have {problem.collocation.shape[1]}.")
     if reference is not None:
         pts = np.asarray(reference[0], float)
@@ -203,7 +207,7 @@ def trainer(problem: L.PointwiseProblem, net, settings: BiLOSettings = BiLOSetti
             res, rgrad = L.residual_loss(m, problem, p), jnp.zeros((), p.dtype)
             loss = res + jnp.where(pre, 0.0, s.w_data) * L.data_loss(m, problem, p, y)
         if reference is not None:
-            loss = loss + jnp.where(pre, 1.0, 0.0) * L.fit_loss(m, p, *reference)
+            loss = loss + jnp.where(pre, s.w_reference, 0.0) * L.fit_loss(m, p, *reference)
         return loss, (res, rgrad)
 
     def upper(p, params, y):
