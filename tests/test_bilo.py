@@ -126,6 +126,21 @@ def test_pinn_loss_is_eq_11(toy):
     assert float(jnp.abs(jax.grad(lambda q: net(jnp.asarray([0.5, 0.5]), q))(p)).sum()) == 0.0
 
 
+def test_pretraining_loss_weights_the_reference_fit(toy):
+    """Pre-training: L_res + w_reference mean (u - v)^2 against the reference values (the data term off)."""
+    prob, net, _ = toy
+    ref = (np.asarray(prob.collocation), np.linspace(0.2, 0.8, 5))
+    p = jnp.ones(2)
+    fit_ = jax.jit(lambda q: losses.fit_loss(net, q, *ref))(p)
+    res = jax.jit(lambda q: losses.residual_loss(net, prob, q))(p)
+    for w in (1.0, 30.0):
+        tr = trainer(prob, net, BiLOSettings(method="pinn", w_data=10.0, chunk=1, w_reference=w), reference=ref)
+        _, info = tr.step(tr.init(p, pretrain=True))
+        np.testing.assert_allclose(info.loss, res + w * fit_, rtol=1e-12)
+    with pytest.raises(ValueError, match="w_reference"):
+        BiLOSettings(w_reference=0.0)
+
+
 def test_log_parameters_stay_positive_and_take_relative_steps(toy):
     """``log_params``: Adam on ``log p``. Its first step moves each parameter with a non-zero gradient by the
     factor ``exp(-lr sign(p dL/dp))`` (Adam's first update is ``-lr g / (|g| + eps)``); with a step of 100 that
