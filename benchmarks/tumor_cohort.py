@@ -26,6 +26,8 @@ Results are kept per patient (``<results>/patient_XXX/row.json``), so ``evaluate
 (``bodil.tumor.discrepancy``) on those runs and prints its intervals' coverage and width there (in-sample and
 leave-one-out) and on the runs in ``--results`` (of another cohort with ``--calibration-cohort``); its output gives
 ``GROWTH_DISCREPANCY`` and ``ORIGIN_DISCREPANCY``.
+``evaluate --where-volume-goes`` counts, for finished runs, where the plan and the ensemble CTV spend the plan's
+volume (visible tumour, invisible infiltration) and scores the CTV of the highest posterior mean concentration.
 
     .venv/bin/python benchmarks/tumor_cohort.py make --out benchmarks/cohort --patients 50
     .venv/bin/python benchmarks/tumor_cohort.py evaluate --cohort benchmarks/cohort --results /tmp/cohort-runs
@@ -439,6 +441,44 @@ def rescore(cohort: str, results: str, patients: list[int], margins_mm) -> None:
         write_json(path, row)
 
 
+def where_volume_goes(cohort: str, results: str, patients: list[int], margins_mm) -> str:
+    """Per patient and margin, where the equal-volume CTVs spend the plan's volume: the plan's voxels, the visible
+    tumour (segmented core and edema), the part of it outside the plan and inside the ensemble CTV, the invisible
+    infiltration inside the plan and inside the ensemble CTV; and the share of the invisible infiltration covered by
+    the plan, the ensemble CTV and the CTV of the ``N`` voxels of highest posterior mean concentration
+    (``posterior_mean.nii.gz``, ties by distance to the core), with the count of patients where each covers at
+    least the plan's share."""
+    head = ("| patient | margin | plan | visible | visible outside plan | visible in ensemble | invisible in plan / "
+            "ensemble | share plan / ensemble / top E[u] |")
+    lines, passes = [head, "|" + "---|" * (head.count("|") - 1)], {f"{m:g}mm": [0, 0, 0] for m in margins_mm}
+    for i in patients:
+        out = os.path.join(results, f"patient_{i:03d}", "ctv")
+        if not os.path.exists(os.path.join(out, "posterior_mean.nii.gz")):
+            continue
+        folder, truth, anatomy, conc = load_patient(cohort, i)
+        seg = load_segmentation(os.path.join(folder, "seg.nii.gz"), truth["labels"])
+        invisible = (conc >= 0.01) & (conc < truth["tau_edema"]) & anatomy.brain
+        mean = load_nifti(os.path.join(out, "posterior_mean.nii.gz"), what="u").data
+        tie = core_distance(seg.core, anatomy.spacing)
+        for m in margins_mm:
+            tag = f"{m:g}mm"
+            std = load_nifti(os.path.join(out, f"ctv_standard_{tag}.nii.gz"), what="ctv").data > 0
+            ens = ensemble_ctv(out, tag, seg, anatomy, int(std.sum()))
+            top = model_ctv(mean, anatomy.brain | seg.core, int(std.sum()), tie_break=tie)
+            share = [float(x[invisible].mean()) if invisible.any() else 1.0 for x in (std, ens, top)]
+            passes[tag][0] += 1
+            passes[tag][1] += share[1] >= share[0]
+            passes[tag][2] += share[2] >= share[0]
+            counts = [int(x.sum()) for x in (std, seg.tumor, seg.tumor & ~std, seg.tumor & ens, std & invisible,
+                                             ens & invisible)]
+            lines.append(f"| {i} | {tag} | " + " | ".join(map(str, counts[:4])) + f" | {counts[4]} / {counts[5]} | "
+                         f"{share[0]:.3f} / {share[1]:.3f} / {share[2]:.3f} |")
+    lines.append("")
+    lines += [f"{tag}: covers at least the plan's share of the invisible infiltration: ensemble {e}/{n}, top E[u] "
+              f"{t}/{n}" for tag, (n, e, t) in passes.items()]
+    return "\n".join(lines)
+
+
 def ensemble_ctv(out: str, tag: str, seg, anatomy, n_voxels: int) -> np.ndarray:
     """The run's equal-volume ensemble CTV; for runs made before bodil wrote ``ctv_ensemble_*``, the same
     top-``n`` of the CTV probability (ties by distance to the core) computed from ``ctv_probability_*``."""
@@ -548,6 +588,10 @@ def main(argv=None):
                     help="patients of --discrepancy-from (default: 0-19)")
     ev.add_argument("--calibration-cohort", metavar="COHORT",
                     help="the cohort of --discrepancy-from's runs (default: --cohort)")
+    ev.add_argument("--where-volume-goes", action="store_true",
+                    help="for finished runs, count where the plan and the ensemble CTV spend their volume (visible "
+                         "tumour, invisible infiltration) and score the CTV of the highest posterior mean "
+                         "concentration, and stop")
     ev.add_argument("--rescore", action="store_true",
                     help="recompute the coverage of the finished rows from their files, then print the table")
     args = ap.parse_args(argv)
@@ -579,6 +623,9 @@ def main(argv=None):
     if args.discrepancy_from:
         print(discrepancy_table(args.cohort, args.discrepancy_from, args.calibration_patients, args.results,
                                 patients, args.calibration_cohort))
+        return
+    if args.where_volume_goes:
+        print(where_volume_goes(args.cohort, args.results, patients, settings.margins_mm))
         return
     if args.rescore:
         rescore(args.cohort, args.results, patients, settings.margins_mm)
