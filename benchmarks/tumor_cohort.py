@@ -401,13 +401,19 @@ def growth_intervals(post, truth: dict, t_model: float) -> dict:
     return out
 
 
+def invisible_infiltration(truth: dict, anatomy, conc) -> np.ndarray:
+    """The brain voxels whose true concentration is infiltrated but below the visible edema: ``0.01 <= u <
+    tau_edema``."""
+    return (conc >= 0.01) & (conc < truth["tau_edema"]) & anatomy.brain
+
+
 def coverage(out: str, truth: dict, anatomy, seg, conc, margins_mm) -> tuple[dict, dict]:
     """Per margin, the share of the invisible infiltration (true ``0.01 <= u < tau_edema`` in the brain) inside
     the standard CTV, the MAP model CTV and the ensemble CTV of the run in ``out``; and the same for all of the
     infiltration, visible or not (true ``u >= 0.01`` in the brain or the segmented tumour). At equal volume a
     model CTV that covers visible edema the plan leaves out has less volume left for the invisible part: the
     second measure counts both."""
-    invisible = (conc >= 0.01) & (conc < truth["tau_edema"]) & anatomy.brain
+    invisible = invisible_infiltration(truth, anatomy, conc)
     infiltrated = (conc >= 0.01) & (anatomy.brain | seg.tumor)
     cover, cover_all = {}, {}
     for m in margins_mm:
@@ -457,7 +463,7 @@ def where_volume_goes(cohort: str, results: str, patients: list[int], margins_mm
             continue
         folder, truth, anatomy, conc = load_patient(cohort, i)
         seg = load_segmentation(os.path.join(folder, "seg.nii.gz"), truth["labels"])
-        invisible = (conc >= 0.01) & (conc < truth["tau_edema"]) & anatomy.brain
+        invisible = invisible_infiltration(truth, anatomy, conc)
         mean = load_nifti(os.path.join(out, "posterior_mean.nii.gz"), what="u").data
         tie = core_distance(seg.core, anatomy.spacing)
         for m in margins_mm:

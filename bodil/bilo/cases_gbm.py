@@ -97,10 +97,16 @@ def bilinear(values, y):
             + (1 - f[0]) * f[1] * v[i0[0], i1[1]] + f[0] * f[1] * v[i1[0], i1[1]])
 
 
+def _log_initial_profile(xy, seed_width: float):
+    """``log u(x, 0) = log 0.1 - |x - c|^2 / (2 s^2)``."""
+    xy = jnp.asarray(xy)
+    r2 = jnp.sum((xy - 0.5) ** 2, axis=-1)
+    return jnp.log(jnp.asarray(AMPLITUDE, xy.dtype)) - 0.5 * r2 / seed_width**2
+
+
 def initial_profile(xy, seed_width: float):
     """``u(x, 0) = 0.1 exp(-|x - c|^2 / (2 s^2))``, ``c = (0.5, 0.5)``, ``s = seed_width`` (box units)."""
-    r2 = jnp.sum((jnp.asarray(xy) - 0.5) ** 2, axis=-1)
-    return AMPLITUDE * jnp.exp(-0.5 * r2 / seed_width**2)
+    return jnp.exp(_log_initial_profile(xy, seed_width))
 
 
 def make_operator(mob):
@@ -121,10 +127,8 @@ def make_operator(mob):
 def initial_logit(xy, seed_width: float):
     """``logit u(x, 0) = log 0.1 - |x - c|^2 / (2 s^2) - log(1 - u(x, 0))``, written so that it stays finite where
     ``u(x, 0)`` underflows."""
-    xy = jnp.asarray(xy)
-    r2 = jnp.sum((xy - 0.5) ** 2, axis=-1)
-    log_u0 = jnp.log(jnp.asarray(AMPLITUDE, xy.dtype)) - 0.5 * r2 / seed_width**2
-    return log_u0 - jnp.log1p(-initial_profile(xy, seed_width))
+    log_u0 = _log_initial_profile(xy, seed_width)
+    return log_u0 - jnp.log1p(-jnp.exp(log_u0))
 
 
 def make_transform(seed_width: float, kind: str = "additive"):
