@@ -207,14 +207,18 @@ def finished_runs(cohort: str, results: str, patients: list[int]):
 
 def growth_samples(cohort: str, results: str, patients: list[int]) -> dict:
     """Per growth parameter (``Dw``, ``rho``), per finished run: the model's samples of ``log(q T)`` (the MAP
-    alone where the run did not sample it) and the truth's ``log(q T)``."""
-    out = {"Dw": ([], []), "rho": ([], [])}
+    alone where the run did not sample it) and the truth's ``log(q T)``; and ``log(Dw / Dg)`` (no ``T``) over the
+    runs that sampled the ratio."""
+    out = {"Dw": ([], []), "rho": ([], []), "ratio": ([], [])}
     for _, summary, idata, truth in finished_runs(cohort, results, patients):
         post, t_model = idata.posterior, summary["settings"]["t_final"]
         for name, key in (("Dw", "dw"), ("rho", "rho")):
             q = post[name].values.ravel() if name in post else np.array([summary["map"]["theta"][name]])
             out[name][0].append(np.log(q * t_model))
             out[name][1].append(float(np.log(truth[key] * truth["t_final"])))
+        if "ratio" in post:
+            out["ratio"][0].append(np.log(post["ratio"].values.ravel()))
+            out["ratio"][1].append(float(np.log(truth["ratio"])))
     return out
 
 
@@ -223,7 +227,7 @@ def discrepancy_table(cohort: str, calibration: str, cal_patients: list[int], re
     """The growth parameters' model discrepancy (``bodil.tumor.discrepancy``) fitted on the runs in
     ``calibration`` and its 90% intervals' coverage and width on those runs (in-sample and leave-one-out) and on
     the runs in ``results`` (the report set); the calibration runs are of ``cal_cohort`` (default ``cohort``)."""
-    from bodil.tumor.discrepancy import fit_discrepancy, patient_quantiles
+    from bodil.tumor.discrepancy import fit_discrepancy, log_predictive, patient_quantiles
 
     cal_cohort = cal_cohort or cohort
     cal, rep = growth_samples(cal_cohort, calibration, cal_patients), growth_samples(cohort, results, patients)
@@ -236,9 +240,13 @@ def discrepancy_table(cohort: str, calibration: str, cal_patients: list[int], re
             widths.append((hi - lo) / np.log(10))
         return f"{sum(hits)}/{len(hits)} ({np.median(widths):.2f})"
 
+    def cover_and_score(samples, truths, d):
+        logp = sum(log_predictive(t, x, d) for x, t in zip(samples, truths))
+        return f"{cover(samples, truths, d)}, {logp:.1f}"
+
     lines = ["| parameter | mu (decades) | sigma (decades) | model alone, calibration | calibration | "
              "leave-one-out | report set | model alone, report set |", "|---|---|---|---|---|---|---|---|"]
-    for name in ("Dw", "rho"):
+    for name in ("Dw", "rho", "ratio"):
         xs, ts = cal[name]
         if len(xs) < 2:
             continue
@@ -250,12 +258,14 @@ def discrepancy_table(cohort: str, calibration: str, cal_patients: list[int], re
             loo.append((lo <= ts[k] <= hi, (hi - lo) / np.log(10)))
         alone = type(d)(0.0, 1e-9)
         rx, rt = rep[name]
-        lines.append(f"| {name} T | {d.mu / np.log(10):+.3f} | {d.sigma / np.log(10):.3f} | {cover(xs, ts, alone)} | "
+        label = "Dw / Dg" if name == "ratio" else f"{name} T"
+        lines.append(f"| {label} | {d.mu / np.log(10):+.3f} | {d.sigma / np.log(10):.3f} | {cover(xs, ts, alone)} | "
                      f"{cover(xs, ts, d)} | {sum(h for h, _ in loo)}/{len(loo)} "
                      f"({np.median([w for _, w in loo]):.2f}) | "
-                     + (f"{cover(rx, rt, d)} | {cover(rx, rt, alone)} |" if rx else "- | - |"))
-    lines.append("\n(truths in the 90% interval, with the intervals' median width in decades; \"model alone\": "
-                 "the samples' own quantiles, no discrepancy)")
+                     + (f"{cover_and_score(rx, rt, d)} | {cover(rx, rt, alone)} |" if rx else "- | - |"))
+    lines.append("\n(truths in the 90% interval, with the intervals' median width in decades; on the report set also "
+                 "the summed log density of the truths' log q, a proper score; \"model alone\": the samples' own "
+                 "quantiles, no discrepancy)")
     lines += ["", origin_discrepancy_table(cohort, calibration, cal_patients, results, patients, cal_cohort)]
     return "\n".join(lines)
 
@@ -578,7 +588,7 @@ def main(argv=None):
     ev.add_argument("--max-spacing", type=float, metavar="MM", help="CTVSettings.max_spacing_mm (default: none)")
     ev.add_argument("--samples", type=int)
     ev.add_argument("--sample", nargs="+", help="CTVSettings.posterior_parameters (default: CTVSettings')")
-    ev.add_argument("--fit", nargs="+", help="CTVSettings.map_parameters (default: Dw rho x0 y0 z0)")
+    ev.add_argument("--fit", nargs="+", help="CTVSettings.map_parameters (default: CTVSettings')")
     ev.add_argument("--error-correlation", type=float, help="CTVSettings.error_correlation_mm (default: CTVSettings')")
     ev.add_argument("--seed-dt2", type=float,
                     help="CTVSettings.seed_dt2, the seed's Dt^2 in mm^2 (default: CTVSettings')")
@@ -619,7 +629,7 @@ def main(argv=None):
         over["map_parameters"] = tuple(args.fit)
     if args.sample:
         over["posterior_parameters"] = tuple(args.sample)
-    settings = dataclasses.replace(CTVSettings(), **over)
+    settings = CTVSettings(**over)  # not replaced: the unset fitted and sampled parameters follow --inner, --fit
     if args.against:
         print(compare(args.results, args.against, patients, settings.margins_mm))
         return

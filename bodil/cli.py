@@ -20,7 +20,6 @@ and above) are shown on stderr as ``[bodil] ...`` lines; results go to stdout.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import os
 import sys
@@ -74,7 +73,6 @@ def _show_progress_messages() -> None:
 def _settings(args):
     from .tumor.settings import CTVSettings
 
-    base = CTVSettings.paper() if args.paper else CTVSettings()
     over = {k: v for k, v in (("grid", args.grid), ("time_points", args.time_points), ("num_samples", args.samples),
                               ("seed", args.seed), ("t_final", args.t_final),
                               ("inner_iterations", args.inner_iterations), ("inner", args.inner),
@@ -85,7 +83,8 @@ def _settings(args):
             if v is not None}
     if args.error_correlation is not None:
         over["error_correlation_mm"] = args.error_correlation or None  # 0: untempered
-    return dataclasses.replace(base, **over)
+    # made anew, not replaced: the defaults left unset (the fitted and sampled parameters) follow --inner and --fit
+    return CTVSettings.paper(**over) if args.paper else CTVSettings(**over)
 
 
 def _anatomy(args):
@@ -311,11 +310,12 @@ def _size_options(p):
                         "segmentation's geometry; default) or 'surrogate' (an L-BFGS fit through the neural surrogate)")
     p.add_argument("--inner-iterations", type=int, help="Gauss-Newton iterations per inner solve (default 6)")
     p.add_argument("--fit", nargs="+", metavar="NAME",
-                   help="parameters fitted by the MAP (default: Dw rho x0 y0 z0; also M, the seed's mass, ratio, "
-                        "tau_lo, tau_up); the others stay fixed (M = 1500, Dw/Dg = 10, thresholds 0.25 and 0.675)")
+                   help="parameters fitted by the MAP (default: Dw rho ratio x0 y0 z0, ratio = Dw/Dg, without ratio "
+                        "with the surrogate; also M, the seed's mass, tau_lo, tau_up); the others stay fixed "
+                        "(M = 1500, Dw/Dg = 10, thresholds 0.25 and 0.675)")
     p.add_argument("--sample", nargs="+", metavar="NAME",
-                   help="parameters sampled by BASIS, among the fitted ones and the origin (default: x0 y0 z0); "
-                        "the others are held at the MAP")
+                   help="parameters sampled by BASIS, among the fitted ones and the origin (default: x0 y0 z0 and "
+                        "ratio where it is fitted); the others are held at the MAP")
     p.add_argument("--thresholds", choices=["marginalised", "fixed"],
                    help="the visibility thresholds in the posterior when not sampled: integrated over their prior "
                         "('marginalised', the default where the sigmoid likelihood and --inner forward or surrogate "

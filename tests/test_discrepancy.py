@@ -65,6 +65,10 @@ def test_the_defaults_are_the_settings_it_was_calibrated_with():
     from bodil.tumor.discrepancy import calibration_mismatch
 
     assert calibration_mismatch(CTVSettings()) == []
+    # the order in which the parameters are named does not matter; which ones are fitted and sampled does
+    assert calibration_mismatch(CTVSettings(map_parameters=("z0", "y0", "x0", "ratio", "rho", "Dw"))) == []
+    fixed_ratio = calibration_mismatch(CTVSettings(map_parameters=("Dw", "rho", "x0", "y0", "z0")))
+    assert [m.split("=")[0] for m in fixed_ratio] == ["map_parameters", "posterior_parameters"]
 
 
 def test_growth_with_model_error_at_the_map_is_log_normal():

@@ -203,7 +203,10 @@ def test_report_states_which_parameters_were_fixed_fitted_and_sampled():
     assert "held at that best fit in the ensemble: the white-matter diffusivity Dw, the proliferation rate rho" in text
     assert "Sampled in the posterior (their uncertainty is in the CTV ensemble): the initial position." in text
     sampled = " ".join(run_assumptions({}, ("Dw", "x0"), ("Dw", "x0")))
-    assert "Fixed" not in sampled and "held at" not in sampled
+    assert "Fixed" not in sampled and "held at" not in sampled and "Dw/Dg" not in sampled
+    ratio = " ".join(run_assumptions({}, ("Dw", "ratio", "x0"), ("x0", "ratio")))
+    assert "in the CTV ensemble): the diffusivity ratio Dw/Dg, the initial position." in ratio
+    assert "One image hardly informs the diffusivity ratio Dw/Dg" in ratio
 
 
 def test_report_says_whether_the_growth_rates_include_the_model_error():
@@ -223,8 +226,8 @@ def test_report_says_whether_the_growth_rates_include_the_model_error():
 
 
 def test_report_says_how_the_origin_includes_the_model_error():
-    """Default settings: the initial position's sentence gives the discrepancy's sd on this box (0.2254 of a
-    4 mm spacing, 0.9 mm) and says that the CTV ensemble does not use it; other settings: no such sentence."""
+    """Default settings: the initial position's sentence gives the discrepancy's sd on this box (0.1985 of a
+    4 mm spacing, 0.8 mm) and says that the CTV ensemble does not use it; other settings: no such sentence."""
     from bodil.tumor import CTVSettings
     from bodil.tumor.discrepancy import ORIGIN_DISCREPANCY, origin_with_model_error
     from bodil.tumor.report_content import run_assumptions

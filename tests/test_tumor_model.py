@@ -263,6 +263,23 @@ def test_settings_refuse_a_free_seed_mass_with_the_surrogate():
             CTVSettings(map_parameters=("Dw", "rho", "M", *ORIGIN), **{where: "surrogate"})
 
 
+def test_default_parameters_sample_the_ratio_except_with_the_surrogate():
+    """``None`` resolves to the MAP fitting ``Dw``, ``rho``, ``Dw / Dg`` and the origin and BASIS sampling the
+    origin and the ratio; without ``ratio`` where the surrogate (trained at ``Dw / Dg = 10``) is used, and the
+    ratio is sampled only where the MAP fits it. A ratio with the surrogate is refused."""
+    from bodil.tumor import CTVSettings
+
+    s = CTVSettings()
+    assert s.map_parameters == ("Dw", "rho", "ratio", *ORIGIN) and s.posterior_parameters == (*ORIGIN, "ratio")
+    for where in ("inner", "initializer"):
+        s = CTVSettings(**{where: "surrogate"})
+        assert s.map_parameters == ("Dw", "rho", *ORIGIN) and s.posterior_parameters == ORIGIN
+        with pytest.raises(ValueError, match="trained at Dw / Dg = 10"):
+            CTVSettings(map_parameters=("Dw", "rho", "ratio", *ORIGIN), **{where: "surrogate"})
+    assert CTVSettings(map_parameters=("Dw", "rho", *ORIGIN)).posterior_parameters == ORIGIN
+    assert CTVSettings(posterior_parameters=ORIGIN).map_parameters == ("Dw", "rho", "ratio", *ORIGIN)
+
+
 def test_max_spacing_gives_a_large_tumour_box_more_points():
     """``CTVSettings.max_spacing_mm``: a box whose ``side / grid`` exceeds it gets ``ceil(side / max)`` points
     per axis (never fewer than ``grid``); without it every box has ``grid`` points."""

@@ -95,6 +95,9 @@ def run_assumptions(fixed: dict, fitted, sampled, thresholds: dict | None = None
                      f"uncertainty is not part of the spread shown.")
     if sampled:
         lines.append(f"Sampled in the posterior (their uncertainty is in the CTV ensemble): {words(sampled)}.")
+    if "ratio" in sampled:
+        lines.append("One image hardly informs the diffusivity ratio Dw/Dg: its interval is close to its prior's "
+                     "range, and it is sampled so that the CTVs carry that uncertainty, not to estimate it.")
     if integrated:
         ranges = "; ".join(f"{_WORDS[n]} uniform on [{thresholds['prior'][n][0]:g}, {thresholds['prior'][n][1]:g}]"
                            for n in integrated_names)

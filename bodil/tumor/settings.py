@@ -17,6 +17,12 @@ LIKELIHOODS = ("sigmoid", "interval")
 DTYPES = ("float64", "float32")
 THRESHOLD_TREATMENTS = ("marginalised", "fixed")
 SEED_DT2 = 4.0
+MAP_PARAMETERS = ("Dw", "rho", "ratio") + ORIGIN
+"""The parameters the MAP fits by default; ``M`` and the thresholds stay at their fixed values."""
+POSTERIOR_PARAMETERS = ORIGIN + ("ratio",)
+"""The parameters BASIS samples by default: the initial position and ``Dw / Dg``, which one image hardly informs
+and which is no longer fixed at one guess (chosen on the validation cohort, docs/tumor.md); the thresholds are
+integrated out, ``Dw`` and ``rho`` held at the MAP with their model error calibrated (``bodil.tumor.discrepancy``)."""
 """The seed's default ``Dt^2`` (mm^2), chosen on the validation cohort (docs/tumor.md): smaller than GliODIL's
 15 mm^2, whose blob of 10 mm radius needed less growth than the cohort's 1.5-5 mm seeds."""
 
@@ -41,12 +47,17 @@ class CTVSettings:
             largest margin's standard CTV around the core (``bodil.tumor.box.side_to_contain``), so no model CTV
             voxel is picked outside the modelled region.
         map_parameters: parameters fitted by the MAP; the others stay at their fixed values
-            (``ratio = Dw / Dg = 10``, ``tau_lo = 0.25``, ``tau_up = 0.675``).
+            (``ratio = Dw / Dg = 10``, ``tau_lo = 0.25``, ``tau_up = 0.675``, ``M = 1500``). ``None``:
+            ``MAP_PARAMETERS`` (``Dw``, ``rho``, ``ratio`` and the origin), without ``ratio`` where the neural
+            surrogate is used (``inner`` or ``initializer``), which was trained at ``Dw / Dg = 10``.
         posterior_parameters: parameters sampled by BASIS (the rest fixed at the MAP); among the MAP
-            parameters and the origin. Default: the origin. Sampling ``Dw`` and ``rho`` too made the ensemble
-            CTV worse on the validation cohort, and their intervals covered the truth only where they were nearly
-            as wide as the prior (docs/tumor.md); the summary and report give ``Dw T`` and ``rho T`` with the
-            model's error calibrated on that cohort instead (``bodil.tumor.discrepancy``).
+            parameters and the origin. ``None``: ``POSTERIOR_PARAMETERS`` (the origin and ``Dw / Dg``), less the
+            ones the MAP does not fit (the origin alone with the surrogate). Sampling ``Dw`` and ``rho`` too made
+            the ensemble CTV worse on the validation cohort, and their intervals covered the truth only where they
+            were nearly as wide as the prior (docs/tumor.md); the summary and report give ``Dw T`` and ``rho T``
+            with the model's error calibrated on that cohort instead (``bodil.tumor.discrepancy``). Both ``None``
+            defaults are resolved when the settings are made: change ``inner`` or the fitted parameters by making
+            new settings, not by ``dataclasses.replace``, which keeps the resolved tuples.
         likelihood: ``"sigmoid"`` (Amoudruz et al. 2025, eq. 36, smooth: the inner Newton solves converge) or
             ``"interval"`` (eq. 30, the paper's hinge).
         lambda_pde, lambda_ic, sigma: weights of eq. 32 and the likelihood width.
@@ -118,8 +129,8 @@ class CTVSettings:
     t_final: float = 100.0
     margins_mm: tuple = (10.0, 15.0, 20.0)
     box_scale: float = 1.5
-    map_parameters: tuple = ("Dw", "rho", "x0", "y0", "z0")
-    posterior_parameters: tuple = ORIGIN
+    map_parameters: tuple | None = None
+    posterior_parameters: tuple | None = None
     likelihood: str = "sigmoid"
     lambda_pde: float = 1e3
     lambda_ic: float = 200.0
@@ -208,6 +219,13 @@ class CTVSettings:
             object.__setattr__(self, name, _checks.integer(where, name, getattr(self, name), low))
         _checks.choice(where, "inner", self.inner, INNER)
         _checks.choice(where, "initializer", self.initializer, INITIALIZERS)
+        surrogate = "surrogate" in (self.inner, self.initializer)
+        if self.map_parameters is None:  # the surrogate was trained at Dw / Dg = 10
+            object.__setattr__(self, "map_parameters", tuple(p for p in MAP_PARAMETERS
+                                                             if not (surrogate and p == "ratio")))
+        if self.posterior_parameters is None:  # the defaults that the MAP fits
+            object.__setattr__(self, "posterior_parameters", tuple(p for p in POSTERIOR_PARAMETERS
+                                                                   if p in ORIGIN or p in self.map_parameters))
         _checks.choice(where, "likelihood", self.likelihood, LIKELIHOODS)
         _checks.choice(where, "dtype", self.dtype, DTYPES)
         if self.thresholds is not None:
@@ -246,7 +264,11 @@ class CTVSettings:
             raise ValueError(f"{where}: the neural surrogate was trained with the paper's seed (Dt^2 = "
                              f"{PAPER_SEED_DT2:g} mm^2) and cannot use seed_dt2={self.seed_dt2!r}; leave seed_dt2 "
                              f"unset (bodil ctv: no --seed-dt2) or use inner='forward'.")
-        if "M" in self.map_parameters and "surrogate" in (self.inner, self.initializer):
+        if "ratio" in self.map_parameters and surrogate:
+            raise ValueError(f"{where}: the neural surrogate was trained at Dw / Dg = 10 and cannot vary the ratio; "
+                             f"drop ratio from map_parameters and posterior_parameters (bodil ctv --fit, --sample) or "
+                             f"use inner='forward' and initializer='forward'.")
+        if "M" in self.map_parameters and surrogate:
             raise ValueError(f"{where}: the neural surrogate was trained with the paper's seed (M = 1500) and cannot "
                              f"vary the seed's mass M; drop M from map_parameters (bodil ctv --fit) or use "
                              f"inner='forward' and initializer='forward'.")
