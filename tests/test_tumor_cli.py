@@ -15,7 +15,7 @@ import pytest
 from bodil.cli import main
 
 # a sharper posterior than the default's, so that BASIS takes several stages; Dw / Dg held at 10, a third cheaper
-# (the default's sampled ratio runs end to end in examples/tumor.ipynb and `make demo`)
+# (the default's sampled ratio runs end to end in `make demo` and in examples/tumor.ipynb at full size)
 TINY = ["--grid", "8", "--time-points", "4", "--samples", "6", "--inner-iterations", "2",
         "--error-correlation", "15", "--fit", "Dw", "rho", "x0", "y0", "z0"]
 
