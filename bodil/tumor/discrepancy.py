@@ -2,10 +2,10 @@
 position to the patient's.
 
 One image identifies the growth parameters only through bodil's model: its seed, its tissue maps and diffusivity
-faces, the box's resolution, the explicit Fisher-Kolmogorov solver. On tumours grown otherwise the model's values differ
-from the truth by a factor that the posterior cannot see, since it conditions on the model being right. Following
-Kennedy and O'Hagan (2001), *Bayesian calibration of computer models*, in the space of the parameters: the
-discrepancy is a random factor,
+faces, the box's resolution, the explicit Fisher-Kolmogorov solver. On tumours grown otherwise the model's values
+differ from the truth by a factor that the posterior cannot see, since it conditions on the model being right.
+Following Kennedy and O'Hagan (2001), *Bayesian calibration of computer models*, in the space of the parameters:
+the discrepancy is a random factor,
 
     log q_patient = log q_model + delta,    delta ~ N(mu, sigma^2),    q = Dw T or rho T,
 

@@ -17,14 +17,14 @@ LIKELIHOODS = ("sigmoid", "interval")
 DTYPES = ("float64", "float32")
 THRESHOLD_TREATMENTS = ("marginalised", "fixed")
 SEED_DT2 = 4.0
+"""The seed's default ``Dt^2`` (mm^2), chosen on the validation cohort (docs/tumor.md): smaller than GliODIL's
+15 mm^2, whose blob of 10 mm radius needed less growth than the cohort's 1.5-5 mm seeds."""
 MAP_PARAMETERS = ("Dw", "rho", "ratio") + ORIGIN
 """The parameters the MAP fits by default; ``M`` and the thresholds stay at their fixed values."""
 POSTERIOR_PARAMETERS = ORIGIN + ("ratio",)
 """The parameters BASIS samples by default: the initial position and ``Dw / Dg``, which one image hardly informs
 and which is no longer fixed at one guess (chosen on the validation cohort, docs/tumor.md); the thresholds are
 integrated out, ``Dw`` and ``rho`` held at the MAP with their model error calibrated (``bodil.tumor.discrepancy``)."""
-"""The seed's default ``Dt^2`` (mm^2), chosen on the validation cohort (docs/tumor.md): smaller than GliODIL's
-15 mm^2, whose blob of 10 mm radius needed less growth than the cohort's 1.5-5 mm seeds."""
 
 
 @dataclasses.dataclass(frozen=True)
